@@ -1,0 +1,1 @@
+"""Shared building blocks of compress-cache: data, models, objectives, checkpoints, the CLI."""

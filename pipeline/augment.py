@@ -1,0 +1,67 @@
+"""Per-sample crop and flip on the device, in one batched op.
+
+A crop is five numbers per sample, as fractions of the source image: (cy, cx, h, w, flip) - centre, size and a
+0/1 horizontal flip. `sample_crops` draws RandomResizedCrop parameters **per sample** (torchvision's v2
+transforms applied to a batched tensor draw one crop for the whole batch), and `render` turns uint8 images and
+crops into normalised float tensors with one `affine_grid` + `grid_sample`. Because the parameters are plain
+numbers they can be stored (multi-view cache) and rendered again to the same pixels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 times before falling back to the centre
+
+
+def sample_crops(n: int, generator: torch.Generator, image_hw: tuple[int, int],
+                 scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 flip: bool = True) -> torch.Tensor:
+    """(n, 5) RandomResizedCrop parameters, one independent draw per sample, on the CPU."""
+    height, width = image_hw
+    area = torch.empty(n, _ATTEMPTS).uniform_(*scale, generator=generator) * (height * width)
+    log_r = torch.empty(n, _ATTEMPTS).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect)  # pixels
+    h = torch.sqrt(area / aspect)
+    ok = (w <= width) & (h <= height)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], torch.full((n,), float(width)))
+    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], torch.full((n,), float(height)))
+    u = torch.rand(n, 2, generator=generator)
+    cy = (h / 2 + u[:, 0] * (height - h)) / height
+    cx = (w / 2 + u[:, 1] * (width - w)) / width
+    flips = (torch.rand(n, generator=generator) < 0.5).float() if flip else torch.zeros(n)
+    return torch.stack([cy, cx, h / height, w / width, flips], dim=1)
+
+
+def center_crops(n: int, fraction: float = 1.0) -> torch.Tensor:
+    """(n, 5) centre crops covering `fraction` of each side, unflipped (the evaluation view, view 0)."""
+    return torch.tensor([0.5, 0.5, fraction, fraction, 0.0]).repeat(n, 1)
+
+
+def render(images: torch.Tensor, crops: torch.Tensor, out_size: int, mean, std) -> torch.Tensor:
+    """uint8 (N, H, W, C) images + (N, 5) crops -> float (N, 3, out, out), normalised.
+
+    Runs on the images' device. Grayscale images are repeated to 3 channels so every backbone (and every
+    teacher checkpoint) sees RGB-shaped input.
+    """
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    crops = crops.to(x.device, torch.float32)
+    cy, cx, h, w, flip = crops.unbind(1)
+    sign = 1 - 2 * flip  # -1 mirrors the sampling grid: a horizontal flip
+    theta = torch.zeros(len(x), 2, 3, device=x.device)
+    theta[:, 0, 0] = w * sign
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [len(x), 3, out_size, out_size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = torch.as_tensor(mean, device=x.device, dtype=out.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, device=x.device, dtype=out.dtype).view(1, -1, 1, 1)
+    return (out - mean) / std

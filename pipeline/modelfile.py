@@ -1,0 +1,67 @@
+"""The model file: a trained backbone with what it needs to be used again (a teacher artifact, an export).
+
+A plain dict saved by `torch.save` holding only tensors, strings and numbers, so it loads with
+`torch.load(weights_only=True)`:
+
+    format          "compress-cache/model"
+    arch, small_input, embed_dim
+    state_dict      the backbone's weights (train-time heads are never included)
+    preprocessing   {"mean", "std", "input_size", "crop_fraction"}: how images become inputs
+    data_fingerprint, method, provenance
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import CompressError
+from pipeline.models import Backbone, build_backbone
+
+FORMAT = "compress-cache/model"
+
+
+def default_preprocessing(input_size: int, crop_fraction: float = 1.0) -> dict:
+    # ImageNet statistics: what official teachers expect, and harmless for the small demo data.
+    return {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "input_size": int(input_size), "crop_fraction": float(crop_fraction)}
+
+
+def save_model(path: str | Path, backbone: Backbone, preprocessing: dict, **meta) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **backbone.describe(), "preprocessing": preprocessing,
+               "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, **meta}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_model_file(path: str | Path) -> dict:
+    """Load a model file safely; refuse anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"model file {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code, not a torch file at all
+        raise CompressError(f"{path}: cannot be loaded safely as a torch checkpoint "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CompressError(f"{path}: not a compress-cache model file; for official checkpoints use "
+                            f"`compress-cache extract --weights-format auto`")
+    return payload
+
+
+def load_model(path: str | Path) -> tuple[Backbone, dict]:
+    """(backbone with the saved weights, loaded strictly, in eval mode; the file's metadata)."""
+    payload = read_model_file(path)
+    backbone = build_backbone(payload["arch"], payload["small_input"])
+    result = backbone.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CompressError(f"{path}: weights do not fit {payload['arch']}: missing "
+                            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return backbone.eval(), meta

@@ -1,0 +1,97 @@
+"""Backbones for teachers and students: torchvision models that return their pooled feature.
+
+The embedding of every model is its pooled backbone output (method.md): ResNet-18 512, ResNet-50 2048,
+MobileNetV2 1280, AlexNet 4096 (ReLU(fc7)). Classification heads are removed here, once, so no caller has to
+know where each family keeps its classifier.
+
+`small_input=True` adapts the stem to 8-64 px images (a 3x3 stride-1 first convolution, no max-pool), the usual
+CIFAR-style change; the weights of every other layer keep their torchvision names and shapes.
+"""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from pipeline.errors import CompressError
+
+# Names offered in --help; any other torchvision classification model name is accepted too.
+KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "alexnet")
+
+
+class Backbone(nn.Module):
+    """A torchvision model without its classifier: `forward(x) -> (N, embed_dim)` pooled features."""
+
+    def __init__(self, arch: str, net: nn.Module, embed_dim: int, small_input: bool):
+        super().__init__()
+        self.arch = arch
+        self.small_input = small_input
+        self.embed_dim = embed_dim
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "small_input": self.small_input, "embed_dim": self.embed_dim}
+
+
+def _strip_classifier(arch: str, net: nn.Module) -> int:
+    """Replace the final classification layer by Identity in place; return the feature width."""
+    if isinstance(getattr(net, "fc", None), nn.Linear):  # resnet, resnext, regnet, shufflenet, googlenet
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return dim
+    head = getattr(net, "classifier", None)
+    if isinstance(head, nn.Linear):  # densenet
+        net.classifier = nn.Identity()
+        return head.in_features
+    if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+        # mobilenet, efficientnet, convnext, vgg, alexnet: drop only the last Linear, keep fc7+ReLU etc.
+        dim = head[-1].in_features
+        net.classifier = nn.Sequential(*list(head.children())[:-1])
+        return dim
+    heads = getattr(net, "heads", None)
+    if isinstance(heads, nn.Sequential) and isinstance(heads[-1], nn.Linear):  # vision transformer
+        dim = heads[-1].in_features
+        net.heads = nn.Identity()
+        return dim
+    raise CompressError(f"architecture {arch!r}: cannot find its classifier to remove; "
+                        f"use one of {', '.join(KNOWN_ARCHS)}")
+
+
+def _small_input_stem(arch: str, net: nn.Module) -> None:
+    if isinstance(getattr(net, "conv1", None), nn.Conv2d) and hasattr(net, "maxpool"):  # resnet family
+        old = net.conv1
+        net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+        return
+    features = getattr(net, "features", None)
+    if isinstance(features, nn.Sequential):
+        first = features[0]
+        conv = first if isinstance(first, nn.Conv2d) else next(
+            (m for m in first.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is not None:  # mobilenet / efficientnet / alexnet: keep the layer, drop the stride
+            conv.stride = (1, 1)
+            if arch == "alexnet":  # its 11x11 stride-4 stem and max-pools would leave nothing of 32 px
+                features[0] = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1)
+                features[2] = nn.Identity()
+            return
+    raise CompressError(f"architecture {arch!r} has no small-input variant; drop --small-input "
+                        f"or use one of {', '.join(KNOWN_ARCHS)}")
+
+
+def build_backbone(arch: str, small_input: bool = False, seed: int | None = None) -> Backbone:
+    """A randomly initialised backbone (seeded when `seed` is given) for `arch`."""
+    available = set(torchvision.models.list_models(module=torchvision.models))
+    if arch not in available:
+        raise CompressError(f"unknown architecture {arch!r}; use one of {', '.join(KNOWN_ARCHS)} "
+                            f"or another torchvision classification model name")
+    with torch.random.fork_rng(devices=[]):  # seeding here must not disturb the caller's RNG stream
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = torchvision.models.get_model(arch, weights=None)
+        dim = _strip_classifier(arch, net)
+        if small_input:
+            _small_input_stem(arch, net)
+    return Backbone(arch, net, dim, small_input)

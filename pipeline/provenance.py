@@ -1,0 +1,56 @@
+"""What produced an artifact: git SHA, arguments, package versions, time. Logged with every run."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def git_sha() -> str:
+    """The commit of the code that runs, with '+dirty' when the tree has changes; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+    import torchvision
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+    try:
+        import zarr
+        out["zarr"] = zarr.__version__
+    except ImportError:  # pragma: no cover - zarr is a hard dependency
+        pass
+    return out
+
+
+def provenance(arguments: dict | None = None) -> dict:
+    """A record to store beside (or inside) every artifact."""
+    return {
+        "git_sha": git_sha(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in (arguments or {}).items()},
+        "versions": versions(),
+    }
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
