@@ -1,0 +1,97 @@
+"""Create and open a cache store: the Zarr group, its arrays and its attributes (see cache/layout.py)."""
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+import zarr
+
+from cache.errors import CacheError
+from cache.layout import CROPS, EMBEDDINGS, FORMAT, VERSION, CacheSpec, differences, is_cache
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def create(path: str | Path, spec: CacheSpec, provenance: dict | None = None) -> zarr.Group:
+    """A new, empty, incomplete store. The caller holds the lock and has removed any previous store."""
+    path = Path(path)
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    common = dict(compressors=None, filters=None, fill_value=0)
+    group.create_array(EMBEDDINGS, shape=spec.shape, dtype=spec.dtype,
+                       chunks=(spec.chunk_rows,) + spec.shape[1:], shards=(spec.shard_rows,) + spec.shape[1:],
+                       **common)
+    if spec.views > 1:
+        group.create_array(CROPS, shape=(spec.n, spec.views, 5), dtype="float32",
+                           chunks=(spec.chunk_rows, spec.views, 5), shards=(spec.shard_rows, spec.views, 5),
+                           **common)
+    group.attrs.update({"format": FORMAT, "version": VERSION, **spec.identity(),
+                        "num_shards": spec.num_shards, "complete": False, "checksums": None,
+                        "created": _now(), "completed": None, "provenance": provenance or {}})
+    return group
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open an existing cache, refusing anything that is not one with a message that says what it is."""
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"teacher cache {str(path)!r} does not exist; create it with `compress-cache extract`")
+    if not is_cache(path):
+        raise CacheError(f"{str(path)!r} is not a compress-cache teacher cache (no zarr.json with format "
+                         f"{FORMAT!r}); point at a store written by `compress-cache extract`")
+    try:
+        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        version = group.attrs.get("version")
+    except Exception as e:  # corrupt metadata JSON and the like
+        raise CacheError(f"{path}: unreadable cache metadata ({type(e).__name__}: {e}); re-run extract "
+                         f"with --overwrite")
+    if version != VERSION:
+        raise CacheError(f"{path}: cache format version {version} is not supported (this code reads "
+                         f"{VERSION}); re-run extract with --overwrite")
+    return group
+
+
+def attributes(group: zarr.Group) -> dict:
+    return dict(group.attrs.asdict())
+
+
+def array(group: zarr.Group, name: str = EMBEDDINGS):
+    try:
+        return group[name]
+    except KeyError:
+        raise CacheError(f"{group.store}: the cache has no {name!r} array; re-run extract with --overwrite")
+
+
+def spec_of(attrs: dict) -> CacheSpec:
+    return CacheSpec(**{k: attrs[k] for k in CacheSpec.__dataclass_fields__})
+
+
+def open_or_create(path: str | Path, spec: CacheSpec, overwrite: bool = False,
+                   provenance: dict | None = None) -> zarr.Group:
+    """The store for `spec`: the existing one when its identity matches (to resume or reuse), a new one when
+    there is none or `overwrite` is set. A different identity is refused, naming every difference: a cache is
+    never a mix of two requests. The caller must hold the store's lock."""
+    path = Path(path)
+    if path.exists() and not is_cache(path):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            raise CacheError(f"{str(path)!r} exists and is not a teacher cache; choose another --out or "
+                             f"remove it yourself (--overwrite only replaces caches)")
+    if path.exists() and overwrite:
+        shutil.rmtree(path)
+    if not path.exists():
+        return create(path, spec, provenance)
+    group = open_store(path, mode="r+")
+    stored = {k: attributes(group).get(k) for k in spec.identity()}
+    diff = differences(stored, spec.identity())
+    if diff:
+        raise CacheError(f"{path} was built for another request ({'; '.join(diff)}; stored != requested); "
+                         f"use --overwrite to rebuild it, or another --out")
+    return group
+
+
+def size_on_disk(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
