@@ -14,9 +14,24 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import CompressError
+from pipeline.wide_resnet import ARCHS as WIDE_ARCHS, build_wide_resnet50
 
 # Names offered in --help; any other torchvision classification model name is accepted too.
 KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "alexnet")
+# Architectures built here rather than by torchvision: SimCLR's ResNet-50 widths (pipeline/wide_resnet.py).
+EXTRA_ARCHS = {name: build_wide_resnet50 for name in WIDE_ARCHS}
+
+
+def available_archs() -> set[str]:
+    """Every name build_backbone accepts: torchvision classification models plus EXTRA_ARCHS."""
+    return set(torchvision.models.list_models(module=torchvision.models)) | set(EXTRA_ARCHS)
+
+
+def build_classifier_net(arch: str) -> nn.Module:
+    """The full network of `arch`, classifier included (random weights): what a checkpoint file holds."""
+    if arch in EXTRA_ARCHS:
+        return EXTRA_ARCHS[arch](arch)
+    return torchvision.models.get_model(arch, weights=None)
 
 
 class Backbone(nn.Module):
@@ -83,14 +98,13 @@ def _small_input_stem(arch: str, net: nn.Module) -> None:
 
 def build_backbone(arch: str, small_input: bool = False, seed: int | None = None) -> Backbone:
     """A randomly initialised backbone (seeded when `seed` is given) for `arch`."""
-    available = set(torchvision.models.list_models(module=torchvision.models))
-    if arch not in available:
+    if arch not in available_archs():
         raise CompressError(f"unknown architecture {arch!r}; use one of {', '.join(KNOWN_ARCHS)} "
                             f"or another torchvision classification model name")
     with torch.random.fork_rng(devices=[]):  # seeding here must not disturb the caller's RNG stream
         if seed is not None:
             torch.manual_seed(seed)
-        net = torchvision.models.get_model(arch, weights=None)
+        net = build_classifier_net(arch)
         dim = _strip_classifier(arch, net)
         if small_input:
             _small_input_stem(arch, net)

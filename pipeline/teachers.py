@@ -1,28 +1,101 @@
-"""Teacher loading: a checkpoint file -> a frozen backbone and the identity recorded in the cache."""
+"""Teacher loading: a checkpoint file -> a frozen embedding network and the identity recorded in the cache.
+
+The steps, each in its own module: open the file without running code (safe_load), recognise and rename its
+keys (checkpoint_formats), build the architecture and load strictly (strict_load), optionally put the
+projection head on top (projection_head). The teacher's preprocessing is part of its identity: a SimCLR network
+expects pixels in [0, 1], the others ImageNet mean/std, and a cache made with the wrong one is a wrong cache.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from pipeline.checkpoint_formats import FORMATS, Mapped, infer_arch, map_checkpoint
 from pipeline.errors import CompressError
-from pipeline.modelfile import load_model
+from pipeline.modelfile import default_preprocessing
+from pipeline.models import Backbone, build_backbone, build_classifier_net
+from pipeline.projection_head import build_head, out_features
 from pipeline.provenance import sha256_file
+from pipeline.safe_load import load_checkpoint
+from pipeline.strict_load import load_strict
+
+EMBEDDINGS = ("backbone", "head")
+
+
+def format_preprocessing(fmt: str) -> dict:
+    """How images must be turned into inputs for an official teacher of format `fmt` (224 px, 0.875 crop)."""
+    pre = default_preprocessing(224, crop_fraction=0.875)
+    if fmt == "simclr":  # SimCLR was trained on pixels in [0, 1] without mean/std normalisation
+        pre.update(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    return pre
+
+
+class HeadedBackbone(nn.Module):
+    """A backbone followed by its checkpoint's projection head: `forward(x) -> (N, head width)`."""
+
+    def __init__(self, backbone: Backbone, head: nn.Sequential):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.arch, self.small_input = backbone.arch, backbone.small_input
+        self.embed_dim = out_features(head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _build_loaded(arch: str, small_input: bool, mapped: Mapped, what: str) -> Backbone:
+    """The backbone of `arch` holding the mapped weights; built on the meta device so nothing is initialised
+    twice (a ResNet-50 x4 has 375 M parameters)."""
+    with torch.device("meta"):
+        backbone = build_backbone(arch, small_input)
+    named = dict(backbone.state_dict())
+    if any(t.is_meta for n, t in backbone.named_buffers() if n not in named):  # non-persistent buffers
+        backbone = build_backbone(arch, small_input)
+    if mapped.format == "compress-cache":  # the native file stores Backbone keys ("net.*"), no classifier
+        return load_strict(backbone, mapped.backbone, what)
+    with torch.device("meta"):
+        full = set(build_classifier_net(arch).state_dict())
+    classifier = full - set(backbone.net.state_dict())  # e.g. fc.*, dropped like the classifier itself
+    weights = {k: v for k, v in mapped.backbone.items() if k not in classifier}
+    load_strict(backbone.net, weights, what)
+    return backbone
 
 
 def load_teacher(weights: str | Path, arch: str | None = None, weights_format: str = "auto",
-                 embedding: str = "backbone") -> tuple[torch.nn.Module, dict]:
-    """(frozen backbone in eval mode, identity dict) for a compress-cache model file."""
-    if weights_format not in ("auto", "compress-cache"):
-        raise CompressError(f"weights format {weights_format!r} is not supported yet; use auto")
-    if embedding != "backbone":
-        raise CompressError(f"embedding {embedding!r} is not supported yet; use backbone")
-    model, meta = load_model(weights)
-    if arch is not None and arch != meta["arch"]:
-        raise CompressError(f"{weights} holds a {meta['arch']} but --teacher {arch!r} was given")
+                 embedding: str = "backbone") -> tuple[nn.Module, dict]:
+    """(frozen network in eval mode whose forward gives (N, D) unnormalised embeddings, identity dict).
+
+    `arch` may be omitted for ResNets (inferred from the keys) and for compress-cache model files.
+    identity["format"] is the format used: the detected one when `weights_format` is "auto".
+    """
+    if weights_format not in FORMATS:
+        raise CompressError(f"unknown weights format {weights_format!r}; use one of {', '.join(FORMATS)}")
+    if embedding not in EMBEDDINGS:
+        raise CompressError(f"unknown embedding {embedding!r}; use one of {', '.join(EMBEDDINGS)}")
+    mapped = map_checkpoint(load_checkpoint(weights), weights_format)
+    inferred = mapped.arch or infer_arch(mapped.backbone)
+    if arch is None:
+        if inferred is None:
+            raise CompressError(f"{weights}: cannot tell the architecture from its keys; pass --teacher ARCH")
+        arch = inferred
+    elif mapped.format == "compress-cache" and arch != inferred:
+        raise CompressError(f"{weights} holds a {inferred} but --teacher {arch!r} was given")
+    what = f"{weights} ({mapped.format}, detected by {mapped.reason}) does not fit {arch}"
+    if inferred is not None and inferred != arch:
+        what += f" (its keys look like a {inferred}; pass --teacher {inferred})"
+    small_input = bool(mapped.native.get("small_input", False))
+    model: nn.Module = _build_loaded(arch, small_input, mapped, what)
+    if embedding == "head":
+        if mapped.head is None:
+            raise CompressError(f"{weights}: --embedding head, but {mapped.head_note}; use --embedding backbone")
+        head = load_strict(build_head(mapped.head), mapped.head, f"{weights}: projection head")
+        model = HeadedBackbone(model, head)
     for p in model.parameters():
         p.requires_grad_(False)
-    identity = {"arch": meta["arch"], "small_input": meta["small_input"], "embed_dim": meta["embed_dim"],
-                "weights_sha256": sha256_file(weights), "format": "compress-cache",
-                "embedding": embedding, "preprocessing": meta["preprocessing"]}
-    return model, identity
+    preprocessing = mapped.native.get("preprocessing") or format_preprocessing(mapped.format)
+    identity = {"arch": arch, "small_input": small_input, "embed_dim": model.embed_dim,
+                "weights_sha256": sha256_file(weights), "format": mapped.format,
+                "embedding": embedding, "preprocessing": preprocessing}
+    return model.eval(), identity

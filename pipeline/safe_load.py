@@ -1,0 +1,43 @@
+"""Open a checkpoint someone else wrote without running their code.
+
+`torch.load` unpickles, and a pickle can call any function (the original CompRess release loaded teachers that
+way). Here every checkpoint goes through `torch.load(weights_only=True)`, which only rebuilds tensors, containers
+and plain values; anything else is refused with a message that says why and what the user can do, never with
+PyTorch's advice to retry with `weights_only=False`.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import CompressError
+
+# Official DINO and torchvision-reference checkpoints store their command line as an argparse.Namespace.
+# Rebuilding one only sets attributes (no call of user code), so it is allowed next to the tensor types.
+_ALLOWED_GLOBALS = [argparse.Namespace]
+
+
+def load_checkpoint(path: str | Path) -> object:
+    """The unpickled content of `path` (on the CPU), or a CompressError naming what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"checkpoint {str(path)!r} does not exist or is not a file; check --weights")
+    if path.stat().st_size == 0:
+        raise CompressError(f"checkpoint {path} is empty (0 bytes); download or copy it again")
+    try:
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it calls {found.group(1)})" if found else ""
+        raise CompressError(f"checkpoint {path} was refused: it is a pickle that needs code execution to load"
+                            f"{what}. Only tensors and plain containers are accepted; re-save the weights "
+                            f"with torch.save(model.state_dict(), PATH) from code you trust") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CompressError(f"checkpoint {path} cannot be read: truncated, corrupted or not a PyTorch file "
+                            f"({type(e).__name__}: {first}); download or copy it again") from None
