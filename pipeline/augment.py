@@ -5,6 +5,10 @@ A crop is five numbers per sample, as fractions of the source image: (cy, cx, h,
 transforms applied to a batched tensor draw one crop for the whole batch), and `render` turns uint8 images and
 crops into normalised float tensors with one `affine_grid` + `grid_sample`. Because the parameters are plain
 numbers they can be stored (multi-view cache) and rendered again to the same pixels.
+
+The MoCo-v2 photometric augmentations (colour jitter, grayscale, Gaussian blur) follow the same pattern:
+`sample_color` draws per-sample parameters on the CPU, `color_augment` applies them to a float batch on the
+device, and `render(..., color=params)` applies them before normalisation. See pipeline/color.py.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from pipeline.color import COLOR_PARAMS, color_augment, sample_color  # noqa: F401  (re-exported)
 
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 times before falling back to the centre
 
@@ -43,11 +49,13 @@ def center_crops(n: int, fraction: float = 1.0) -> torch.Tensor:
     return torch.tensor([0.5, 0.5, fraction, fraction, 0.0]).repeat(n, 1)
 
 
-def render(images: torch.Tensor, crops: torch.Tensor, out_size: int, mean, std) -> torch.Tensor:
+def render(images: torch.Tensor, crops: torch.Tensor, out_size: int, mean, std,
+           color: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (N, H, W, C) images + (N, 5) crops -> float (N, 3, out, out), normalised.
 
     Runs on the images' device. Grayscale images are repeated to 3 channels so every backbone (and every
-    teacher checkpoint) sees RGB-shaped input.
+    teacher checkpoint) sees RGB-shaped input. `color` (N, COLOR_PARAMS) from `sample_color` applies the
+    MoCo-v2 photometric augmentations to the [0, 1] crops before normalisation.
     """
     x = images.permute(0, 3, 1, 2).float().div_(255)
     if x.shape[1] == 1:
@@ -62,6 +70,8 @@ def render(images: torch.Tensor, crops: torch.Tensor, out_size: int, mean, std) 
     theta[:, 1, 2] = 2 * cy - 1
     grid = F.affine_grid(theta, [len(x), 3, out_size, out_size], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if color is not None:
+        out = color_augment(out, color)
     mean = torch.as_tensor(mean, device=x.device, dtype=out.dtype).view(1, -1, 1, 1)
     std = torch.as_tensor(std, device=x.device, dtype=out.dtype).view(1, -1, 1, 1)
     return (out - mean) / std

@@ -1,15 +1,24 @@
-"""Stage `prepare`: turn a data source into the packed uint8 image store (see pipeline/imagestore.py)."""
+"""Stage `prepare`: turn a data source into the packed uint8 image store (see pipeline/imagestore.py).
+
+Readers live in pipeline/sources (one module per kind of source). This stage resizes, deals with undecodable
+items (a report, then fail, or skip and record in the manifest) and writes the store.
+"""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.errors import CompressError
 from pipeline.imagestore import write_image_store
+from pipeline.sources import READERS, load
 
-DATASETS = ("digits",)
+DATASETS = tuple(READERS)
+REPORT = "prepare-report.json"  # written beside the store whenever some items could not be decoded
 
 
 @dataclass
@@ -17,36 +26,57 @@ class PrepareConfig:
     dataset: str = "digits"
     out: Path = Path("data/digits")
     source: Path | None = None  # a folder or file for datasets that are not embedded
-    size: int | None = None  # pre-resize to this side in pixels; None keeps the native size
+    size: int | None = None  # pre-resize: short side to this many pixels, then centre crop; None keeps native
+    skip_bad: bool = False  # leave undecodable images out (recorded in the manifest) instead of failing
+    workers: int = min(4, os.cpu_count() or 1)  # decoding processes for file-based sources
 
 
-def _digits():
-    """scikit-learn's 1,797 real 8x8 digits (0..16 grey levels), shipped inside the package: no download."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
-    # Fixed split, independent of any library's RNG: every fifth image is validation.
-    split = (np.arange(len(images)) % 5 == 4).astype(np.uint8)
-    ids = [f"digits/{i:04d}" for i in range(len(images))]
-    return images, d.target, split, ids, [str(c) for c in range(10)], "sklearn.datasets.load_digits"
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize_square(images: np.ndarray, size: int, block: int = 4096) -> np.ndarray:
+    """uint8 (N, H, W, C) -> (N, size, size, C): short side to `size` (antialiased bilinear), centre crop."""
     import torch
     import torch.nn.functional as F
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    n, h, w, c = images.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    out = np.empty((n, size, size, c), np.uint8)
+    for lo in tqdm(range(0, n, block), desc="resize", unit="block", disable=None):
+        x = torch.from_numpy(images[lo:lo + block]).permute(0, 3, 1, 2).float()
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        x = x[:, :, top:top + size, left:left + size]
+        out[lo:lo + block] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _report_bad(cfg: PrepareConfig, bad: list[dict], total: int) -> None:
+    """Write the list of undecodable items; without --skip-bad, fail naming the first one."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    report = cfg.out / REPORT
+    report.write_text(json.dumps({"dataset": cfg.dataset, "source": str(cfg.source), "total": total,
+                                  "bad": bad, "skipped": cfg.skip_bad}, indent=2) + "\n")
+    if not cfg.skip_bad:
+        first = bad[0]
+        raise CompressError(f"{len(bad)} of {total} images could not be decoded (first: {first['path']}: "
+                            f"{first['error']}); the list is in {report}; fix or remove them, or pass "
+                            f"--skip-bad to leave them out (recorded in the manifest)")
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    if cfg.dataset == "digits":
-        images, labels, split, ids, classes, source = _digits()
-    else:
+    if cfg.dataset not in READERS:
         raise CompressError(f"unknown dataset {cfg.dataset!r}; use one of {', '.join(DATASETS)}")
-    if cfg.size is not None:
-        if cfg.size < 4:
-            raise CompressError(f"--size {cfg.size} is too small; use at least 4 pixels")
-        images = _resize(images, cfg.size)
-    return write_image_store(cfg.out, images, labels, split, ids, dataset=cfg.dataset, classes=classes,
-                             source=source, arguments=asdict(cfg))
+    if cfg.size is not None and cfg.size < 4:
+        raise CompressError(f"--size {cfg.size} is too small; use at least 4 pixels")
+    data = load(cfg.dataset, cfg.source, cfg.size, cfg.workers)
+    if data.bad:
+        _report_bad(cfg, data.bad, len(data.ids) + len(data.bad))
+    elif (cfg.out / REPORT).exists():
+        (cfg.out / REPORT).unlink()  # a stale report from an earlier run would mislead
+    if not len(data.images):
+        raise CompressError(f"{cfg.dataset}: no images left to store from {data.source}")
+    images = data.images
+    if cfg.size is not None and not data.resized:
+        images = resize_square(images, cfg.size)
+    return write_image_store(cfg.out, images, data.labels, data.split, data.ids, dataset=cfg.dataset,
+                             classes=data.classes, source=data.source, arguments=asdict(cfg),
+                             skipped=data.bad)

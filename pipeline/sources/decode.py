@@ -1,0 +1,61 @@
+"""Decode image files in parallel worker processes, with a progress bar and a list of failures.
+
+A file that cannot be decoded is returned as an error string beside its index, never dropped here: the caller
+decides whether that fails the run or becomes a recorded skip.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def fit_square(img, size: int):
+    """Resize so the short side is `size` (antialiased), then centre-crop to size x size."""
+    from PIL import Image
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_file(path: str, size: int | None) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 (H, W, C) with C 1 for grey files and 3 otherwise, None) or (None, error message)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img.load()  # force a full decode: a truncated file fails here, not later
+            img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
+            if size is not None:
+                img = fit_square(img, size)
+            x = np.asarray(img, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad item to report
+        return None, f"{type(e).__name__}: {e}"
+    return (x[..., None] if x.ndim == 2 else x), None
+
+
+def _one_thread():
+    """Workers share the cores: one torch/BLAS thread each (decode itself is single-threaded PIL)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _job(args):
+    return decode_file(*args)
+
+
+def decode_all(paths: list[Path], size: int | None, workers: int) -> list[tuple[np.ndarray | None, str | None]]:
+    """Decode every path, in order; `workers` <= 1 decodes in this process."""
+    jobs = [(str(p), size) for p in paths]
+    bar = dict(total=len(jobs), desc="decode", unit="img", disable=None)
+    if workers <= 1:
+        return [decode_file(*j) for j in tqdm(jobs, **bar)]
+    with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
+        return list(tqdm(pool.imap(_job, jobs, chunksize=64), **bar))
