@@ -1,0 +1,63 @@
+"""The linear probe learns separable data, follows the paper's schedule, and the frozen check catches changes."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import CompressError
+from pipeline.linear_probe import (ProbeConfig, check_frozen, lr_schedule, snapshot, standardiser,
+                                   train_probe)
+
+
+def _separable(seed=0, n=400, d=12, c=4):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d, c))
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, (x @ w).argmax(1)  # linearly separable after l2-normalisation (argmax is scale-free)
+
+
+@pytest.mark.parametrize("batch_size", [64, None])
+def test_learns_separable_data(batch_size):
+    x, y = _separable()
+    predict, record = train_probe(x[:300], y[:300], 4, ProbeConfig(epochs=60, lr=0.5, batch_size=batch_size))
+    assert np.mean(predict(x[:300]) == y[:300]) > 0.95
+    assert np.mean(predict(x[300:]) == y[300:]) > 0.85
+    assert record["protocol"].startswith("cached-features")
+    assert record["iterations"] == 60 * (1 if batch_size is None else 5)
+
+
+def test_chance_on_random_labels_and_seeded():
+    x, _ = _separable(1)
+    y = np.random.default_rng(5).integers(0, 4, len(x))
+    p1, _ = train_probe(x[:300], y[:300], 4, ProbeConfig(epochs=5, seed=3))
+    p2, _ = train_probe(x[:300], y[:300], 4, ProbeConfig(epochs=5, seed=3))
+    np.testing.assert_array_equal(p1(x[300:]), p2(x[300:]))
+    assert np.mean(p1(x[300:]) == y[300:]) < 0.5
+
+
+def test_schedule_scales_the_paper_milestones():
+    lr = lr_schedule(ProbeConfig(), iters_per_epoch=3)  # paper: 40 epochs, drops at 15 and 30
+    assert len(lr) == 120
+    assert lr[15 * 3 - 1] == pytest.approx(0.01) and lr[15 * 3] == pytest.approx(0.001)
+    assert lr[30 * 3] == pytest.approx(0.0001) and lr[-1] == pytest.approx(0.0001)
+    short = lr_schedule(ProbeConfig(epochs=8), iters_per_epoch=1)
+    assert list(np.round(short / 0.01, 6)) == [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_standardiser_is_fixed_from_train():
+    x = torch.randn(50, 6) * 3 + 1
+    mean, std = standardiser(x)
+    z = torch.nn.functional.normalize(x, dim=1)
+    torch.testing.assert_close((z - mean) / std, (z - z.mean(0)) / z.std(0, unbiased=False))
+
+
+def test_check_frozen_catches_a_changed_backbone():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    before = snapshot(net)
+    net.eval()
+    with torch.no_grad():
+        net(torch.randn(4, 3))
+    check_frozen(net, before)  # eval mode leaves BN statistics alone
+    net.train()
+    net(torch.randn(4, 3))
+    with pytest.raises(CompressError, match="changed"):
+        check_frozen(net, before)
