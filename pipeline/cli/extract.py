@@ -1,0 +1,52 @@
+"""`compress-cache extract`: the teacher cache, on one process or under torchrun."""
+from pathlib import Path
+
+import click
+
+from cache.errors import CacheError
+from pipeline.distributed import env_world
+from stages.extract import ExtractConfig, extract
+
+
+@click.command("extract")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Image store from `prepare`.")
+@click.option("--teacher", default=None, help="Teacher architecture, e.g. resnet50 (default: read from --weights).")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Teacher checkpoint file.")
+@click.option("--weights-format", default="auto", show_default=True, help="Checkpoint format; auto detects it.")
+@click.option("--embedding", default="backbone", show_default=True, help="Which layer is the embedding.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write, e.g. cache/t.zarr.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="float16 halves disk and RAM; cosine error on unit vectors stays below 1e-4.")
+@click.option("--views", type=int, default=1, show_default=True,
+              help="Views per image. >1 adds RandomResizedCrop+flip views (view 0 = centre) and stores their crops.")
+@click.option("--view-seed", type=int, default=0, show_default=True, help="Seed of the augmented views.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--shard-rows", type=int, default=0, show_default=True,
+              help="Rows per shard (the unit of writing and resuming); 0 picks ~32 MiB shards.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Rebuild a store made for another request instead of refusing.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
+def command(data, teacher, weights, weights_format, embedding, out, dtype, views, view_seed, batch_size,
+            shard_rows, device, overwrite, no_progress):
+    """Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr store.
+
+    Re-running the same command resumes an interrupted run (verified shards are kept) or does nothing when
+    the store is complete. Under torchrun each process writes its own whole shards; the store is identical.
+
+    \b
+    Examples:
+      compress-cache extract --data data/digits --teacher resnet18 --weights runs/teacher/model.pt --out cache/t.zarr
+      torchrun --nproc_per_node=4 -m pipeline extract --data data/in1k --weights r50.pt --out cache/r50.zarr
+    """
+    cfg = ExtractConfig(data=data, weights=weights, out=out, teacher=teacher, weights_format=weights_format,
+                        embedding=embedding, dtype=dtype, views=views, view_seed=view_seed, batch_size=batch_size,
+                        shard_rows=shard_rows, device=device, overwrite=overwrite, progress=not no_progress)
+    try:
+        result = extract(cfg)
+    except CacheError as e:
+        raise click.ClickException(str(e)) from None
+    a = result["attributes"]
+    if env_world().is_main:
+        verb = "wrote" if result["shards_written"] else "already complete:"
+        click.echo(f"{verb} {out}: {a['n']} x {a['views']} x {a['dim']} {a['dtype']}, {a['num_shards']} shards "
+                   f"({result['shards_written']} written now, {result['rows_written'] / max(result['seconds'], 1e-9):.0f} img/s)")

@@ -1,0 +1,105 @@
+"""Process-group helpers for `torchrun`: one code path for 1 process (no torchrun, every helper a no-op) and
+for N processes (gloo on CPU, NCCL on GPU).
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init` reads them once. Nothing here
+carries gradient: `all_gather` is for queues and metrics, not for losses.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # None at world size 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> World:
+    """The world torchrun describes in the environment (1 process when it is absent)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(device: torch.device | str = "cpu", timeout_s: float = 1800) -> World:
+    """Join the process group when WORLD_SIZE > 1 (once; later calls return the same world)."""
+    world = env_world()
+    if world.world_size == 1:
+        return world
+    device = torch.device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return World(world.rank, world.world_size, world.local_rank, dist.get_backend())
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def broadcast_object(obj=None, src: int = 0):
+    """`obj` from rank `src` on every rank (e.g. an error message, so all ranks stop together)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@torch.no_grad()
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `x` along dim 0, in rank order; no gradient flows back.
+
+    Ranks may hold different numbers of rows (the trailing dims must agree): sizes are exchanged first and the
+    shorter tensors padded, so the result holds exactly sum(rows) rows.
+    """
+    if not active():
+        return x.detach()
+    x = x.detach().contiguous()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros((max(sizes),) + x.shape[1:])
+    padded[:x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,167 @@
+"""Stage `extract`: run the frozen teacher once over the image store and write its l2-normalised embeddings to
+a sharded Zarr cache (cache/), on one process or under torchrun.
+
+Each rank owns a contiguous block of whole shards (cache.layout.rank_shards) and computes every shard on its
+own, batches starting at the shard's first row, so the bytes of shard k do not depend on which process, how
+many processes, or which run (first or resumed) computed it. Rank 0 takes the lock, creates or checks the
+store, and marks it complete once every rank has finished.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache.errors import CacheError
+from cache.layout import CacheSpec, rank_shards
+from cache.lock import StoreLock
+from cache.store import attributes, open_or_create
+from cache.writer import CacheWriter
+from pipeline import distributed
+from pipeline.augment import center_crops, sample_crops
+from pipeline.device import pick_device
+from pipeline.embed import embed_blocks
+from pipeline.errors import CompressError
+from pipeline.imagestore import ImageStore
+from pipeline.provenance import provenance
+from pipeline.teachers import load_teacher
+
+
+@dataclass
+class ExtractConfig:
+    data: Path
+    weights: Path
+    out: Path
+    teacher: str | None = None  # architecture; None takes it from the weights file
+    weights_format: str = "auto"
+    embedding: str = "backbone"
+    dtype: str = "float16"  # float16 halves the store; the cosine error on unit vectors stays below 1e-4
+    views: int = 1  # >1: view 0 is the centre crop, views 1.. are RandomResizedCrop + flip, stored in `crops`
+    view_seed: int = 0
+    view_scale: tuple[float, float] = (0.2, 1.0)
+    view_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    view_flip: bool = True
+    batch_size: int = 256
+    shard_rows: int = 0  # 0: ~32 MiB per shard
+    chunk_rows: int = 0  # 0: min(1024, shard_rows)
+    device: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+
+
+def view_crops(spec: CacheSpec, k: int, lo: int, hi: int, image_hw: tuple[int, int], crop_fraction: float):
+    """(rows, V, 5) crops of shard k: a function of (view seed, k) only, so any rank reproduces them."""
+    crops = [center_crops(hi - lo, crop_fraction)]
+    if spec.views > 1:
+        p = spec.view_params
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([p["seed"], k]).generate_state(1)[0]))
+        crops += [sample_crops(hi - lo, generator, image_hw, tuple(p["scale"]), tuple(p["ratio"]), p["flip"])
+                  for _ in range(spec.views - 1)]
+    return torch.stack(crops, dim=1)
+
+
+def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, bar) -> np.ndarray:
+    views = []
+    for v in range(spec.views):
+        parts = []
+        for _, z in embed_blocks(teacher, store, prep, lo, hi, batch_size, device, crops=crops[:, v]):
+            parts.append(z)
+            if bar is not None:
+                bar.update(len(z) / spec.views)
+        views.append(torch.cat(parts))
+    z = torch.stack(views, dim=1) if spec.views > 1 else views[0]
+    if z.shape[-1] != spec.dim:
+        raise CompressError(f"the teacher outputs {z.shape[-1]}-d embeddings but its identity says {spec.dim}")
+    return z.to(getattr(torch, spec.dtype)).numpy()
+
+
+def _request(cfg: ExtractConfig, store: ImageStore, identity: dict) -> CacheSpec:
+    view_params = {}
+    if cfg.views > 1:
+        view_params = {"seed": cfg.view_seed, "scale": list(cfg.view_scale), "ratio": list(cfg.view_ratio),
+                       "flip": cfg.view_flip}
+    return CacheSpec(n=store.n, dim=identity["embed_dim"], data_fingerprint=store.fingerprint, teacher=identity,
+                     dtype=cfg.dtype, views=cfg.views, shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows,
+                     view_params=view_params)
+
+
+def _open(cfg: ExtractConfig, spec: CacheSpec, world) -> tuple[StoreLock | None, bool]:
+    """Rank 0 locks and opens/creates the store; every rank learns the outcome (or the error) together."""
+    lock, outcome = None, None
+    if world.is_main:
+        try:
+            lock = StoreLock(cfg.out).acquire()
+            group = open_or_create(cfg.out, spec, cfg.overwrite, provenance(asdict(cfg)))
+            CacheWriter(cfg.out).clean_debris()
+            outcome = {"complete": bool(attributes(group)["complete"])}
+        except CacheError as e:
+            if lock is not None:
+                lock.release()
+            outcome = {"error": str(e)}
+    outcome = distributed.broadcast_object(outcome)
+    if "error" in outcome:
+        raise CacheError(outcome["error"])
+    return lock, outcome["complete"]
+
+
+def extract(cfg: ExtractConfig) -> dict:
+    """Write (or resume, or reuse) the cache at cfg.out; return {attributes, shards_written, rows_written, seconds}."""
+    if cfg.views < 1 or cfg.batch_size < 1:
+        raise CompressError(f"--views {cfg.views} and --batch-size {cfg.batch_size} must be at least 1")
+    device = pick_device(cfg.device)
+    started_group = not torch.distributed.is_initialized()
+    world = distributed.init(device)
+    try:
+        return _extract(cfg, device, world)
+    finally:
+        if started_group:
+            distributed.cleanup()
+
+
+def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
+    store = ImageStore(cfg.data)
+    teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding)
+    teacher = teacher.to(device)
+    spec = _request(cfg, store, identity)
+    prep = identity["preprocessing"]
+    lock, complete = _open(cfg, spec, world)
+    t0 = time.perf_counter()
+    written = rows = 0
+    try:
+        if not complete:
+            writer = CacheWriter(cfg.out)
+            todo = writer.pending(rank_shards(spec.num_shards, world.rank, world.world_size))
+            rows = sum(hi - lo for lo, hi in map(writer.rows, todo))
+            bar = None
+            if cfg.progress and world.is_main:
+                from tqdm import tqdm
+                bar = tqdm(total=rows, unit="img", desc=f"extract {Path(cfg.out).name}", dynamic_ncols=True)
+            # Writing, read-back and hashing of shard k overlap the forward pass of shard k+1.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending: Future | None = None
+                for k in todo:
+                    lo, hi = writer.rows(k)
+                    crops = view_crops(spec, k, lo, hi, store.shape[1:3], prep["crop_fraction"])
+                    z = _embed_shard(teacher, store, spec, prep, lo, hi, crops, cfg.batch_size, device, bar)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(writer.write_shard, k, z, crops.numpy() if spec.views > 1 else None)
+                    written += 1
+                if pending is not None:
+                    pending.result()
+            if bar is not None:
+                bar.close()
+        distributed.barrier()
+        attrs = CacheWriter(cfg.out).finalize() if world.is_main and not complete else None
+        attrs = distributed.broadcast_object(attrs)
+        if attrs is None:
+            attrs = attributes(CacheWriter(cfg.out).group)
+    finally:
+        if lock is not None:
+            lock.release()
+    return {"attributes": attrs, "shards_written": written, "rows_written": rows,
+            "seconds": time.perf_counter() - t0, "world_size": world.world_size}
