@@ -1,7 +1,8 @@
 """An ImageFolder tree of JPEG/PNG files: ROOT/<class>/<file>, or ROOT/train/<class>/... and ROOT/val/<class>/...
 
 Order: split (train, then val), class name, file name, all sorted, so the same tree always gives the same rows.
-Without train/val subfolders the split is fixed: within each class, every fifth file (sorted) is val.
+Without train/val subfolders the split is fixed: every fifth file of that sorted listing is val (about a
+fifth of every class, no RNG).
 Ids are the paths relative to ROOT.
 """
 from __future__ import annotations
@@ -41,8 +42,9 @@ def _listing(root: Path) -> tuple[list[Path], list[str], np.ndarray, list[str]]:
             files = tree[c]
             paths += files
             names += [c] * len(files)
-            split.append(np.full(len(files), code, np.uint8) if code is not None else every_fifth_val(len(files)))
-    return paths, names, np.concatenate(split) if split else np.zeros(0, np.uint8), classes
+            split.append(np.full(len(files), 0 if code is None else code, np.uint8))
+    split = np.concatenate(split) if split else np.zeros(0, np.uint8)
+    return paths, names, every_fifth_val(len(paths)) if parts[0][0] is None else split, classes
 
 
 def load(dataset, source, size, workers) -> Loaded:
