@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import click
+
+from stages.evaluate import EvaluateConfig, evaluate
+
+_PATH = click.Path(path_type=Path)
+
+
+@click.command("eval")
+@click.option("--data", type=_PATH, required=True, help="Image-store folder (from `compress-cache prepare`).")
+@click.option("--model", type=_PATH, default=None, help="A model file (model.pt) written by `compress-cache train`.")
+@click.option("--cache", type=_PATH, default=None, help="A teacher cache (.zarr): evaluates the teacher itself.")
+@click.option("--random-init", default=None, metavar="ARCH",
+              help="A randomly initialised ARCH (seeded): the floor every trained model should beat.")
+@click.option("--small-input", is_flag=True, help="With --random-init: the 8-64 px stem.")
+@click.option("--input-size", type=int, default=None, help="With --random-init: input side (default: the images').")
+@click.option("--out", type=_PATH, required=True, help="Metrics JSON to write, e.g. metrics/mnv2.json.")
+@click.option("--name", default=None, help="Row name in the report (default: the file name of --out).")
+@click.option("--knn-k", type=int, default=20, show_default=True, help="Neighbours that vote in kNN.")
+@click.option("--knn-tau", type=float, default=0.07, show_default=True, help="Vote temperature: weight exp(cos/tau).")
+@click.option("--ca-clusters", type=int, default=None,
+              help="k-means clusters for cluster assignment (default: number of classes; paper: 1000).")
+@click.option("--probe-epochs", type=int, default=40, show_default=True,
+              help="Linear-probe epochs; the lr drops x0.1 at 15/40 and 30/40 of them (paper schedule).")
+@click.option("--probe-batch-size", type=int, default=256, show_default=True, help="0 trains full-batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds k-means, the probe and random init.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--figures", type=_PATH, default=None, help="Folder for the confusion-matrix and retrieval PNGs.")
+@click.option("--compare-cache", type=_PATH, default=None, help="Teacher cache shown beside this model in the grid.")
+@click.option("--compare-model", type=_PATH, default=None, help="Model file shown beside this model in the grid.")
+def command(**kw):
+    """Evaluate one model: NN, kNN-20, linear probe and cluster assignment, written as DVC metrics.
+
+    \b
+    Examples:
+      compress-cache eval --data data/digits --cache cache/t.zarr --out metrics/teacher.json
+      compress-cache eval --data data/digits --model runs/mnv2/model.pt --out metrics/mnv2.json \\
+          --figures figures --compare-cache cache/t.zarr
+      compress-cache eval --data data/digits --random-init resnet18 --small-input --out metrics/random.json
+    """
+    kw["probe_batch_size"] = kw["probe_batch_size"] or None
+    m = evaluate(EvaluateConfig(**kw))
+    click.echo(f"{m['name']}: NN {m['nn']:.2f}  kNN-{kw['knn_k']} {m['knn20']:.2f}  linear {m['linear']:.2f}  "
+               f"CA {m['ca']:.2f} (count score {m['ca_count']:.2f})  -> {kw['out']}")

@@ -1,0 +1,191 @@
+"""Stage `evaluate`: features of one model (a model file, a teacher cache, or a random-init reference) over
+the image store, then NN / kNN-20 / linear / CA (pipeline.protocols), written as a DVC metrics JSON.
+
+Student features are cached beside the metrics as `<out>.features.npy` with a key file naming the sha256 of
+the model file and the data fingerprint; a key that differs means recompute, never reuse (the original
+release reused another model's features from its output folder). Features are kept in fp16, like the teacher
+cache, and every protocol reads the fp16 values, so a first run and a cached run give the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.device import pick_device
+from pipeline.embed import embed_all
+from pipeline.errors import CompressError
+from pipeline.imagestore import ImageStore
+from pipeline.linear_probe import check_frozen, snapshot
+from pipeline.modelfile import default_preprocessing, load_model
+from pipeline.models import build_backbone
+from pipeline.protocols import evaluate_features
+from pipeline.provenance import provenance, sha256_file
+
+METRICS = ("nn", "knn20", "linear", "ca")
+
+
+@dataclass
+class EvaluateConfig:
+    data: Path
+    out: Path  # metrics/NAME.json
+    model: Path | None = None  # exactly one of model / cache / random_init
+    cache: Path | None = None
+    random_init: str | None = None  # an architecture name
+    small_input: bool = False
+    input_size: int | None = None  # random-init only; None: the store's image side
+    name: str | None = None  # row name in the report; None: the stem of `out`
+    knn_k: int = 20
+    knn_tau: float = 0.07
+    ca_clusters: int | None = None  # None: number of classes
+    probe_epochs: int = 40
+    probe_batch_size: int | None = 256
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    figures: Path | None = None
+    compare_cache: Path | None = None  # reference for the retrieval grid
+    compare_model: Path | None = None
+    grid_queries: int = 8
+    grid_k: int = 6
+
+
+# ---------------------------------------------------------------- features of each kind of source
+
+def _cache_features(path: Path, store: ImageStore) -> tuple[np.ndarray, dict]:
+    from cache.errors import CacheError
+    from cache.load import load_embeddings
+    if not Path(path).exists():
+        raise CompressError(f"teacher cache {str(path)!r} does not exist; build it with `compress-cache extract`")
+    try:
+        emb, attrs = load_embeddings(path, expect_fingerprint=store.fingerprint)
+    except CacheError as e:
+        raise CompressError(str(e)) from None
+    emb = emb[:, 0] if emb.ndim == 3 else emb  # view 0 is the centre crop
+    return emb.float().numpy(), {"kind": "teacher", "cache": str(path), "teacher": attrs.get("teacher")}
+
+
+def _keyed_features(path: Path, key: dict, compute) -> np.ndarray:
+    """Features from `path` when its key file matches `key` exactly; else compute, round to fp16, store."""
+    key_path = path.with_name(path.name + ".key")
+    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        return np.load(path).astype(np.float32)
+    z = compute().numpy().astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".tmp"), "wb") as f:
+        np.save(f, z)
+    os.replace(path.with_name(path.name + ".tmp"), path)
+    key_path.write_text(json.dumps(key, indent=1) + "\n")
+    return z.astype(np.float32)
+
+
+def _embed(backbone, store, preprocessing, cfg: EvaluateConfig, device) -> torch.Tensor:
+    before = snapshot(backbone)
+    z = embed_all(backbone.to(device), store, preprocessing, cfg.batch_size, device)
+    check_frozen(backbone, before)  # MoCo's sanity check: evaluation must not touch the weights
+    return z
+
+
+def _model_features(path: Path, store, cfg, device, features_path: Path) -> tuple[np.ndarray, dict]:
+    backbone, meta = load_model(path)
+    if meta.get("data_fingerprint") is not None and meta["data_fingerprint"] != store.fingerprint:
+        raise CompressError(f"model {path} was trained on data with fingerprint {meta['data_fingerprint'][:12]}, "
+                            f"but {store.root} has {store.fingerprint[:12]}; evaluate it on the data it was "
+                            f"trained on")
+    key = {"model_sha256": sha256_file(path), "data_fingerprint": store.fingerprint,
+           "preprocessing": meta["preprocessing"], "dtype": "float16"}
+    z = _keyed_features(features_path, key, lambda: _embed(backbone, store, meta["preprocessing"], cfg, device))
+    return z, {"kind": "student", "model": str(path), "model_sha256": key["model_sha256"],
+               "arch": meta.get("arch"), "method": meta.get("method")}
+
+
+def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) -> tuple[np.ndarray, dict]:
+    size = cfg.input_size or store.shape[1]
+    backbone = build_backbone(cfg.random_init, cfg.small_input, seed=cfg.seed).eval()
+    prep = default_preprocessing(size)
+    key = {"random_init": cfg.random_init, "small_input": cfg.small_input, "seed": cfg.seed,
+           "torch": torch.__version__, "data_fingerprint": store.fingerprint, "preprocessing": prep,
+           "dtype": "float16"}
+    z = _keyed_features(features_path, key, lambda: _embed(backbone, store, prep, cfg, device))
+    return z, {"kind": "random-init", "arch": cfg.random_init, "small_input": cfg.small_input,
+               "seed": cfg.seed, "input_size": size}
+
+
+def features_of(cfg: EvaluateConfig, store: ImageStore, device, model=None, cache=None, tag="") -> tuple:
+    """(features (N, D) float32, source description) of the one source named by model / cache / random_init."""
+    features_path = cfg.out.with_name(f"{cfg.out.stem}{tag}.features.npy")
+    if cache is not None:
+        return _cache_features(cache, store)
+    if model is not None:
+        return _model_features(Path(model), store, cfg, device, features_path)
+    return _random_features(cfg, store, device, features_path)
+
+
+# ---------------------------------------------------------------- the stage
+
+def _check_sources(cfg: EvaluateConfig) -> None:
+    given = [n for n, v in (("--model", cfg.model), ("--cache", cfg.cache), ("--random-init", cfg.random_init))
+             if v is not None]
+    if len(given) != 1:
+        raise CompressError(f"give exactly one of --model, --cache, --random-init (got {', '.join(given) or 'none'})")
+    if cfg.compare_cache is not None and cfg.compare_model is not None:
+        raise CompressError("give at most one of --compare-cache, --compare-model")
+    for flag, p in (("--model", cfg.model), ("--compare-model", cfg.compare_model)):
+        if p is not None and not Path(p).is_file():
+            raise CompressError(f"{flag} {str(p)!r} does not exist; give the model.pt written by "
+                                f"`compress-cache train`")
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Run every protocol on one model's features, write `cfg.out`, return the metrics dict."""
+    _check_sources(cfg)
+    store = ImageStore(cfg.data)
+    device = pick_device(cfg.device)
+    x, source = features_of(cfg, store, device, model=cfg.model, cache=cfg.cache)
+    if len(x) != store.n:
+        raise CompressError(f"{len(x)} feature rows for {store.n} images in {store.root}; rebuild the features")
+    train, val = store.indices("train"), store.indices("val")
+    result = evaluate_features(x[train], store.labels[train], x[val], store.labels[val], store.num_classes,
+                               knn_k=cfg.knn_k, knn_tau=cfg.knn_tau, ca_clusters=cfg.ca_clusters, seed=cfg.seed,
+                               probe_epochs=cfg.probe_epochs, probe_batch_size=cfg.probe_batch_size,
+                               device=device, return_predictions=True)
+    predictions = result.pop("predictions")
+    metrics = {"name": cfg.name or cfg.out.stem, **{k: result[k] for k in METRICS}, "ca_count": result["ca_count"],
+               "source": source, "data_fingerprint": store.fingerprint, "protocols": result["protocols"],
+               "provenance": provenance(asdict(cfg))}
+    if cfg.figures is not None:
+        metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], val, train)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    os.replace(tmp, cfg.out)
+    return metrics
+
+
+def _figures(cfg, store, device, x, knn_pred, val, train) -> list[str]:
+    from pipeline import figures
+    from pipeline.knn import search
+    name = cfg.name or cfg.out.stem
+    classes = store.manifest.get("classes")
+    paths = [figures.confusion_matrix(store.labels[val], knn_pred, store.num_classes,
+                                      cfg.figures / f"{name}_confusion.png",
+                                      f"{name}: kNN-{cfg.knn_k} on val", classes)]
+    if cfg.compare_cache is not None or cfg.compare_model is not None:
+        ref, ref_source = features_of(cfg, store, device, model=cfg.compare_model, cache=cfg.compare_cache,
+                                      tag=".compare")
+        queries = np.sort(np.random.default_rng(cfg.seed).choice(val, min(cfg.grid_queries, len(val)), False))
+        ids_ref = train[search(ref[train], ref[queries], cfg.grid_k)[1]]
+        ids_own = train[search(x[train], x[queries], cfg.grid_k)[1]]
+        rows = np.unique(np.concatenate([queries, ids_ref.ravel(), ids_own.ravel()]))
+        images = np.stack([store.read(int(r), int(r) + 1)[0] for r in rows])  # only the rows shown
+        local = {int(r): i for i, r in enumerate(rows)}
+        remap = np.vectorize(local.__getitem__)
+        ref_name = "teacher" if ref_source["kind"] == "teacher" else Path(str(cfg.compare_model)).stem
+        paths.append(figures.retrieval_grid(images, store.labels[rows], remap(queries), remap(ids_ref),
+                                            remap(ids_own), cfg.figures / f"{name}_retrieval.png",
+                                            (ref_name, name), classes))
+    return [str(p) for p in paths]
