@@ -1,0 +1,52 @@
+"""Students and teachers expose their pooled feature at the documented width (method.md)."""
+import pytest
+import torch
+
+from pipeline.models import build_backbone, build_classifier_net
+from pipeline.wide_resnet import WideResNet50
+
+WIDTHS = {"alexnet": 4096, "mobilenet_v2": 1280, "resnet18": 512, "resnet34": 512, "resnet50": 2048,
+          "shufflenet_v2_x0_5": 1024, "resnet50x1": 2048, "resnet50x2": 4096, "resnet50x4": 8192}
+
+
+@pytest.mark.parametrize("arch", list(WIDTHS))
+def test_pooled_embedding_width_at_224(arch):
+    with torch.device("meta"):  # shapes only: ResNet-50 x4 would need 1.5 GB of real weights
+        backbone = build_backbone(arch)
+        z = backbone(torch.empty(2, 3, 224, 224))
+    assert backbone.embed_dim == WIDTHS[arch] and tuple(z.shape) == (2, WIDTHS[arch])
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "mobilenet_v2", "resnet18", "resnet34", "resnet50"])
+def test_small_input_variant_at_32px(arch):
+    with torch.device("meta"):
+        backbone = build_backbone(arch, small_input=True)
+        assert tuple(backbone(torch.empty(2, 3, 32, 32)).shape) == (2, WIDTHS[arch])
+
+
+def test_small_input_real_forward():
+    backbone = build_backbone("mobilenet_v2", small_input=True, seed=0).eval()
+    with torch.no_grad():
+        z = backbone(torch.randn(2, 3, 32, 32))
+    assert z.shape == (2, 1280) and torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_simclr_widths_keep_torchvision_names(width):
+    with torch.device("meta"):
+        wide, x1 = WideResNet50(width).state_dict(), build_classifier_net("resnet50").state_dict()
+    assert list(wide) == list(x1)
+    assert wide["conv1.weight"].shape == (64 * width, 3, 7, 7)
+    assert wide["layer4.2.conv3.weight"].shape == (2048 * width, 512 * width, 1, 1)
+    assert wide["fc.weight"].shape == (1000, 2048 * width)
+
+
+def test_simclr_x1_is_torchvision_resnet50():
+    torch.manual_seed(0)
+    wide = WideResNet50(1).eval()
+    import torchvision
+    tv = torchvision.models.resnet50().eval()
+    tv.load_state_dict(wide.state_dict(), strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), tv(x), atol=1e-5)
