@@ -1,0 +1,53 @@
+"""Losses as pure functions of tensors: no state, no queues, no modules. Property-tested in tests/test_losses.py.
+
+Every function l2-normalises its embedding inputs itself, so each loss is invariant to rescaling them.
+Shapes: B batch, K anchors, D widths (teacher Dt, student Ds).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def similarity_logits(z: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
+    """(B, D) x (K, D) -> (B, K) cosine similarities over tau. Anchors are used as given: the queues start as
+    un-normalised noise (method.md) and are filled with unit vectors afterwards."""
+    return F.normalize(z, dim=1) @ anchors.t() / tau
+
+
+def compress_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_teacher || p_student) summed over anchors, averaged over the batch. CompRess's objective.
+
+    teacher_logits: (B, K), no gradient needed; student_logits: (B, K).
+    """
+    log_p_t = F.log_softmax(teacher_logits.float(), dim=1)
+    log_p_s = F.log_softmax(student_logits.float(), dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
+
+
+def compress_loss(t: torch.Tensor, s: torch.Tensor, teacher_anchors: torch.Tensor,
+                  student_anchors: torch.Tensor, tau: float) -> torch.Tensor:
+    """CompRess: match the student's similarity distribution over its anchors to the teacher's.
+
+    t: (B, Dt) teacher embeddings, s: (B, Ds) student embeddings; teacher_anchors (K, Dt) and
+    student_anchors (K, Ds) describe the same K images row by row (2q), or are both the teacher queue (1q,
+    with s already mapped to Dt). One temperature for both sides.
+    """
+    with torch.no_grad():
+        teacher_logits = similarity_logits(t, teacher_anchors, tau)
+    return compress_kl(teacher_logits, similarity_logits(s, student_anchors, tau))
+
+
+def infonce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
+    """MoCo's InfoNCE: q (B, D) must pick its positive k (B, D) out of k plus negatives (K, D)."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    positive = (q * k).sum(1, keepdim=True)  # B x 1
+    negative = q @ negatives.t()  # B x K
+    logits = torch.cat([positive, negative], dim=1) / tau
+    return F.cross_entropy(logits.float(), torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def regression_loss(s_projected: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Reg / Reg-BN baseline: squared error between the (projected) student and the teacher embedding, both
+    l2-normalised, summed over dimensions and averaged over the batch."""
+    return (F.normalize(s_projected, dim=1) - F.normalize(t, dim=1)).pow(2).sum(1).mean()

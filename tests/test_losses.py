@@ -1,0 +1,80 @@
+"""Property tests of the pure loss functions (pipeline/losses.py)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.losses import compress_kl, compress_loss, infonce, regression_loss, similarity_logits
+
+
+def _unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compress_kl_is_non_negative(seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(8, 50, generator=g) * 5, torch.randn(8, 50, generator=g) * 5
+    assert compress_kl(a, b).item() >= 0
+
+
+def test_compress_kl_is_zero_when_distributions_agree():
+    a = torch.randn(8, 50)
+    assert compress_kl(a, a).item() == pytest.approx(0, abs=1e-6)
+    # softmax ignores a constant shift per row: still the same distribution
+    assert compress_kl(a, a + torch.randn(8, 1)).item() == pytest.approx(0, abs=1e-5)
+
+
+def test_compress_loss_is_zero_when_student_equals_teacher():
+    t, bank = _unit(16, 32, seed=1), _unit(100, 32, seed=2)
+    assert compress_loss(t, t, bank, bank, 0.04).item() == pytest.approx(0, abs=1e-5)
+
+
+def test_compress_loss_is_invariant_to_scaling_before_normalisation():
+    t, s = _unit(16, 32, seed=1), torch.randn(16, 24)
+    qt, qs = _unit(100, 32, seed=2), _unit(100, 24, seed=3)
+    base = compress_loss(t, s, qt, qs, 0.04)
+    scaled = compress_loss(t * 7.0, s * 0.01, qt, qs, 0.04)
+    assert scaled.item() == pytest.approx(base.item(), rel=1e-5)
+
+
+def test_compress_loss_gives_no_gradient_to_the_teacher():
+    t = _unit(4, 8).requires_grad_()
+    s = torch.randn(4, 6, requires_grad=True)
+    compress_loss(t, s, _unit(20, 8, seed=4), _unit(20, 6, seed=5), 0.1).backward()
+    assert t.grad is None and s.grad is not None
+
+
+def test_compress_loss_decreases_under_gradient_steps():
+    t, qt, qs = _unit(16, 32, seed=1), _unit(200, 32, seed=2), _unit(200, 32, seed=2)
+    s = torch.randn(16, 32, requires_grad=True)
+    opt = torch.optim.SGD([s], lr=20.0)
+    history = []
+    for _ in range(50):
+        loss = compress_loss(t, s, qt, qs, 0.1)
+        history.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_similarity_logits_shape_and_temperature():
+    z, bank = torch.randn(3, 5), _unit(7, 5)
+    a, b = similarity_logits(z, bank, 1.0), similarity_logits(z, bank, 0.5)
+    assert a.shape == (3, 7) and torch.allclose(b, 2 * a)
+
+
+def test_infonce_properties():
+    q, negatives = _unit(8, 16, seed=1), _unit(64, 16, seed=2)
+    assert infonce(q, q, negatives, 0.2).item() >= 0
+    # the positive being the query itself is easier than a random key
+    assert infonce(q, q, negatives, 0.2) < infonce(q, _unit(8, 16, seed=3), negatives, 0.2)
+    assert infonce(q * 3, q * 0.1, negatives, 0.2).item() == pytest.approx(infonce(q, q, negatives, 0.2).item(), rel=1e-5)
+
+
+def test_regression_loss_zero_and_scale_invariant():
+    t = torch.randn(8, 16)
+    assert regression_loss(t * 3, t).item() == pytest.approx(0, abs=1e-6)
+    s = torch.randn(8, 16)
+    assert regression_loss(s * 5, t).item() == pytest.approx(regression_loss(s, t).item(), rel=1e-5)
+    assert regression_loss(s, t).item() > 0
