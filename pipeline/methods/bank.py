@@ -1,0 +1,74 @@
+"""The memory bank: FIFO queues of anchor embeddings that advance with ONE shared write pointer.
+
+Row j of every queue in a bank describes the same image (CompRess-2q needs this: teacher row j and
+momentum-student row j are one anchor). Queues and pointer are buffers, so they are saved and restored with
+the module's state_dict - the original release kept the pointer in a plain attribute and lost it on resume.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@torch.no_grad()
+def gather_from_all_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x from every process in rank order (no gradient); x itself at world size 1."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class AnchorBank(nn.Module):
+    """Named queues of K rows each, written together at one pointer.
+
+    K: number of anchors (paper: 128,000). dims: queue name -> embedding width.
+    Queues start as uniform noise in +-1/sqrt(D/3) (rows of about unit norm, not normalised), as in the paper.
+    """
+
+    def __init__(self, K: int, dims: dict[str, int], generator: torch.Generator | None = None):
+        super().__init__()
+        self.K = K
+        self.names = tuple(dims)
+        for name, d in dims.items():
+            bound = 1.0 / math.sqrt(d / 3)
+            self.register_buffer(f"queue_{name}", (torch.rand(K, d, generator=generator) * 2 - 1) * bound)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def read(self, name: str) -> torch.Tensor:
+        """The queue as a detached view: no copy of the bank per step (the original cloned 1 GB each step)."""
+        return getattr(self, f"queue_{name}").detach()
+
+    @torch.no_grad()
+    def enqueue(self, **rows: torch.Tensor) -> None:
+        """Write one batch into every queue at the shared pointer (all ranks' rows, in rank order)."""
+        if set(rows) != set(self.names):
+            raise ValueError(f"enqueue needs exactly the queues {self.names}, got {tuple(rows)}")
+        n = None
+        for name, x in rows.items():
+            x = gather_from_all_ranks(x.detach())
+            n = len(x) if n is None else n
+            assert len(x) == n, "every queue advances by the same number of rows"
+            slots = (self.ptr + torch.arange(n, device=x.device)) % self.K  # wraps when K % B != 0
+            getattr(self, f"queue_{name}")[slots] = x.to(getattr(self, f"queue_{name}").dtype)
+        self.ptr.copy_((self.ptr + n) % self.K)
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy to be EMA-updated: it never receives gradients."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, twin: nn.Module, m: float) -> None:
+    """twin <- m * twin + (1 - m) * online, over parameters only (BN buffers are not averaged)."""
+    for p_twin, p in zip(twin.parameters(), online.parameters()):
+        p_twin.mul_(m).add_(p.detach(), alpha=1 - m)

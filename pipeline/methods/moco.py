@@ -1,0 +1,58 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): self-supervised training from scratch, no teacher.
+
+Used twice in this project: to pretrain the demo's teacher (no weights can be downloaded here) and as the
+"MoCo from scratch" baseline a distilled student must beat.
+
+dim  width of the MLP projection head (128); training only, dropped at export
+K    queue length (65,536 on ImageNet)
+tau  InfoNCE temperature (0.2 for v2)
+m    momentum of the key encoder (0.999)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.losses import infonce
+from pipeline.methods.bank import AnchorBank, momentum_copy, momentum_update
+
+_BN_SPLITS = 4  # keys are encoded in shuffled sub-batches: a single-process stand-in for shuffle-BN
+
+
+class MoCo(nn.Module):
+    needs_teacher, needs_labels, views = False, False, 2
+
+    def __init__(self, student: nn.Module, dim: int = 128, K: int = 65_536, tau: float = 0.2, m: float = 0.999,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.tau, self.m = tau, m
+        self.student = student
+        d = student.embed_dim
+        self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, dim))
+        self.momentum_student = momentum_copy(student)
+        self.momentum_head = momentum_copy(self.head)
+        self.bank = AnchorBank(K, {"keys": dim}, generator)
+        self._keys = None
+
+    @torch.no_grad()
+    def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
+        # BN statistics of one whole batch would let queries find their keys through the batch mean (the
+        # "cheating" MoCo's shuffle-BN prevents); shuffled sub-batches give each key different statistics.
+        perm = torch.randperm(len(x), device=x.device)
+        chunks = [self.momentum_head(self.momentum_student(c)) for c in x[perm].chunk(_BN_SPLITS)]
+        k = torch.empty_like(torch.cat(chunks))
+        k[perm] = torch.cat(chunks)
+        return nn.functional.normalize(k.float(), dim=1)
+
+    def forward(self, views: list[torch.Tensor], t=None, y=None) -> tuple[torch.Tensor, dict]:
+        q = self.head(self.student(views[0]))  # B x dim
+        k = self._encode_keys(views[1])  # B x dim, no gradient
+        loss = infonce(q, k, self.bank.read("keys"), self.tau)
+        self._keys = k
+        return loss, {}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.bank.enqueue(keys=self._keys)
+        momentum_update(self.student, self.momentum_student, self.m)
+        momentum_update(self.head, self.momentum_head, self.m)
