@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -152,7 +153,7 @@ def main(argv=None):
         "goals": {"speedup_vs_torchvision": 10, "loader_over_student_demand": 1.5},
     }
     result = {
-        "benchmark": "loader", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "benchmark": "loader", "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                      "data": "first n Fashion-MNIST train images, grey 28 px JPEG (quality 90)",
                      "loader_threads": 1, "student_threads": student_threads},
