@@ -64,11 +64,33 @@ def view_crops(spec: CacheSpec, k: int, lo: int, hi: int, image_hw: tuple[int, i
     return torch.stack(crops, dim=1)
 
 
-def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, bar) -> np.ndarray:
+class ReadAhead:
+    """An image store whose next block is read in a background thread while the teacher computes.
+
+    embed_blocks reads consecutive [lo, hi) blocks of equal size; after serving one, this reads the following
+    one ahead (h5py reads hold the GIL, the teacher's forward releases it). At most two blocks are in memory.
+    """
+
+    def __init__(self, store: ImageStore, stop: int, pool: ThreadPoolExecutor):
+        self.store, self.stop, self.pool = store, stop, pool
+        self.ahead: tuple[int, int, Future] | None = None
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        if self.ahead is not None and self.ahead[:2] == (lo, hi):
+            block = self.ahead[2].result()
+        else:
+            block = self.store.read(lo, hi)
+        nxt = min(hi + (hi - lo), self.stop)
+        self.ahead = (hi, nxt, self.pool.submit(self.store.read, hi, nxt)) if hi < self.stop else None
+        return block
+
+
+def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, bar, reader) -> np.ndarray:
     views = []
     for v in range(spec.views):
         parts = []
-        for _, z in embed_blocks(teacher, store, prep, lo, hi, batch_size, device, crops=crops[:, v]):
+        source = ReadAhead(store, hi, reader)
+        for _, z in embed_blocks(teacher, source, prep, lo, hi, batch_size, device, crops=crops[:, v]):
             parts.append(z)
             if bar is not None:
                 bar.update(len(z) / spec.views)
@@ -141,12 +163,12 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
                 from tqdm import tqdm
                 bar = tqdm(total=rows, unit="img", desc=f"extract {Path(cfg.out).name}", dynamic_ncols=True)
             # Writing, read-back and hashing of shard k overlap the forward pass of shard k+1.
-            with ThreadPoolExecutor(max_workers=1) as pool:
+            with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as reader:
                 pending: Future | None = None
                 for k in todo:
                     lo, hi = writer.rows(k)
                     crops = view_crops(spec, k, lo, hi, store.shape[1:3], prep["crop_fraction"])
-                    z = _embed_shard(teacher, store, spec, prep, lo, hi, crops, cfg.batch_size, device, bar)
+                    z = _embed_shard(teacher, store, spec, prep, lo, hi, crops, cfg.batch_size, device, bar, reader)
                     if pending is not None:
                         pending.result()
                     pending = pool.submit(writer.write_shard, k, z, crops.numpy() if spec.views > 1 else None)
