@@ -48,5 +48,6 @@ def command(data, teacher, weights, weights_format, embedding, out, dtype, views
     a = result["attributes"]
     if env_world().is_main:
         verb = "wrote" if result["shards_written"] else "already complete:"
+        speed = result["rows_written"] / max(result["seconds"], 1e-9)
         click.echo(f"{verb} {out}: {a['n']} x {a['views']} x {a['dim']} {a['dtype']}, {a['num_shards']} shards "
-                   f"({result['shards_written']} written now, {result['rows_written'] / max(result['seconds'], 1e-9):.0f} img/s)")
+                   f"({result['shards_written']} written now, {speed:.0f} img/s)")
