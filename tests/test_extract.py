@@ -114,3 +114,14 @@ def test_cli_extract_info_verify(tmp_path):
                              "--dtype", "float32", "--shard-rows", "8", "--device", "cpu", "--no-progress"])
     assert r.exit_code == 1 and "dtype: 'float16' != 'float32'" in r.output
     assert "Traceback" not in r.output
+
+
+def test_distributed_helpers_are_no_ops_at_world_size_one():
+    from pipeline import distributed
+    world = distributed.init("cpu")
+    assert (world.rank, world.world_size, world.is_main, world.backend) == (0, 1, True, None)
+    x = torch.randn(3, 4, requires_grad=True)
+    gathered = distributed.all_gather(x)
+    assert torch.equal(gathered, x) and not gathered.requires_grad
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    distributed.barrier()
