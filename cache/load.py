@@ -53,7 +53,7 @@ def _check_shard(path, k: int, lo: int, hi: int, block: np.ndarray, expected: st
                          f"{NORM_TOLERANCE[dtype]:.0e}); the cache was not written by extract or is damaged")
 
 
-def _mmap_target(path: Path, name: str, shape, dtype, checksums: list[str]) -> tuple[Path, bool]:
+def _mmap_target(path: Path, name: str, checksums: list[str]) -> tuple[Path, bool]:
     """A flat .npy beside the store (`STORE.zarr.mmap/`), keyed by the shard checksums: rebuilt only when the
     cache changes. It lives outside the store so that the DVC artifact stays untouched."""
     key = hashlib.sha256("".join(checksums).encode()).hexdigest()[:16]
@@ -62,7 +62,10 @@ def _mmap_target(path: Path, name: str, shape, dtype, checksums: list[str]) -> t
     return target, target.is_file()
 
 
-def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool) -> np.ndarray:
+def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool,
+                device: torch.device | None = None) -> np.ndarray | torch.Tensor:
+    """The whole array, shard by shard, each checked before it is kept. On a CUDA `device` each verified
+    shard is copied straight into a device tensor, so host memory never holds more than one shard."""
     spec = spec_of(attrs)
     arr = array(group, name)
     checksums = attrs["checksums"][name]
@@ -70,12 +73,14 @@ def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool) -> 
         raise CacheError(f"teacher cache {path}: {len(checksums)} {name} checksums for {spec.num_shards} shards; "
                          f"re-extract with --overwrite")
     if mmap:
-        target, ready = _mmap_target(Path(path), name, arr.shape, arr.dtype, checksums)
+        target, ready = _mmap_target(Path(path), name, checksums)
         if ready:
             return np.load(target, mmap_mode="c")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
+    elif device is not None and device.type != "cpu":
+        out = torch.empty(arr.shape, dtype=getattr(torch, str(arr.dtype)), device=device)
     else:
         out = np.empty(arr.shape, dtype=arr.dtype)
     for k in range(spec.num_shards):  # sequential whole-shard reads: one pass over the files
@@ -86,7 +91,7 @@ def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool) -> 
             raise CacheError(f"teacher cache {path}: shard {k} (rows {lo}..{hi - 1}) cannot be read "
                              f"({type(e).__name__}); run `compress-cache verify {path}` and re-extract")
         _check_shard(path, k, lo, hi, block, checksums[k], spec.dtype if check_norm else None)
-        out[lo:hi] = block
+        out[lo:hi] = torch.from_numpy(block).to(out.device) if isinstance(out, torch.Tensor) else block
     if mmap:
         out.flush()
         del out
@@ -106,11 +111,8 @@ def load_embeddings(path: str | Path, expect_fingerprint: str | None = None, dev
     if mmap and device.type != "cpu":
         raise CacheError(f"mmap=True keeps the cache on disk-backed CPU memory; it cannot go to {device}")
     group, attrs = open_complete(path, expect_fingerprint)
-    values = _load_array(path, group, attrs, EMBEDDINGS, check_norm=True, mmap=mmap)
-    tensor = torch.from_numpy(values)
-    if device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device), attrs
+    values = _load_array(path, group, attrs, EMBEDDINGS, check_norm=True, mmap=mmap, device=device)
+    return (values if isinstance(values, torch.Tensor) else torch.from_numpy(values)), attrs
 
 
 def load_crops(path: str | Path) -> torch.Tensor | None:
