@@ -9,11 +9,13 @@ import importlib
 
 import click
 
+from cache.errors import CacheError
 from pipeline.errors import CompressError
 
 # sub-command name -> module under pipeline.cli defining a click command called `command`
 _COMMANDS = {
     "prepare": "prepare",
+    "teacher": "teacher",
     "extract": "extract",
     "info": "info",
     "verify": "verify",
@@ -44,7 +46,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except CompressError as e:
+        except (CompressError, CacheError) as e:
             raise click.ClickException(str(e)) from None
 
 
@@ -57,8 +59,12 @@ def main():
     \b
     Example, the whole path on the embedded digits data:
       compress-cache prepare --dataset digits --out data/digits
-      compress-cache train --data data/digits --method moco --student resnet18 --out runs/teacher
-      compress-cache extract --data data/digits --teacher resnet18 --weights runs/teacher/model.pt --out cache/t.zarr
-      compress-cache train --data data/digits --cache cache/t.zarr --student mobilenet_v2 --out runs/mnv2
+      compress-cache teacher --data data/digits --out runs/teacher --epochs 60 --input-size 16
+      compress-cache extract --data data/digits --weights runs/teacher/model.pt --out runs/teacher.zarr
+      compress-cache train --data data/digits --cache runs/teacher.zarr --student mobilenet_v2 \\
+          --input-size 16 --epochs 30 --out runs/mnv2
       compress-cache eval --data data/digits --model runs/mnv2/model.pt --out metrics/mnv2.json
+      compress-cache report --metrics metrics
+
+    The whole path is also `dvc repro` (dvc.yaml, params.yaml).
     """

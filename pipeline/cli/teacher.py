@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import click
+
+from stages.teacher import TeacherConfig, make_teacher
+from stages.train import config_from_dict
+
+
+@click.command("teacher")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Image store (from `prepare`).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for the teacher; the artifact is OUT/model.pt.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint to import (MoCo/SwAV/SimCLR/DINO/torchvision/model file). "
+                   "Without it a teacher is pretrained with MoCo v2 on --data.")
+@click.option("--weights-format", default="auto", show_default=True)
+@click.option("--input-size", type=int, default=None,
+              help="Input side in pixels (import: overrides the format's 224; pretraining: the crop size).")
+@click.option("--crop-fraction", type=float, default=None, help="Import: centre-crop fraction (224/256 = 0.875).")
+@click.option("--arch", default="resnet18", show_default=True, help="Pretraining: the teacher architecture.")
+@click.option("--small-input/--imagenet-stem", default=True, show_default=True)
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=0.06, show_default=True)
+@click.option("--bank-size", type=int, default=4096, show_default=True, help="MoCo queue length.")
+@click.option("--tau", type=float, default=0.2, show_default=True, help="InfoNCE temperature (MoCo v2: 0.2).")
+@click.option("--ema", type=float, default=0.99, show_default=True, help="Key-encoder momentum.")
+@click.option("--crop-scale-min", type=float, default=0.2, show_default=True)
+@click.option("--hflip/--no-hflip", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
+def command(data, out, weights, weights_format, input_size, crop_fraction, arch, **pretrain):
+    """Import a teacher checkpoint, or pretrain one with MoCo v2 when none is given.
+
+    \b
+    Examples:
+      compress-cache teacher --data data/digits --out artifacts/teacher --epochs 60 --input-size 16
+      compress-cache teacher --data data/in1k --out artifacts/r50 --weights moco_v2_800ep.pth.tar
+    """
+    settings = None
+    if weights is None:
+        settings = config_from_dict({"data": data, "out": out, "student": arch, "method": "moco",
+                                     "input_size": input_size or 32, "schedule": "cosine",
+                                     "weight_decay": 5e-4, **pretrain})
+    path = make_teacher(TeacherConfig(data=data, out=out, weights=weights, weights_format=weights_format,
+                                      input_size=input_size, crop_fraction=crop_fraction, pretrain=settings))
+    click.echo(f"teacher written to {path}")
