@@ -11,7 +11,7 @@ from cache.errors import CacheError
 from cache.layout import CROPS, EMBEDDINGS, FORMAT, VERSION, CacheSpec, differences, is_cache
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -29,7 +29,7 @@ def create(path: str | Path, spec: CacheSpec, provenance: dict | None = None) ->
                            **common)
     group.attrs.update({"format": FORMAT, "version": VERSION, **spec.identity(),
                         "num_shards": spec.num_shards, "complete": False, "checksums": None,
-                        "created": _now(), "completed": None, "provenance": provenance or {}})
+                        "created": now(), "completed": None, "provenance": provenance or {}})
     return group
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache.errors import CacheError
 from cache.layout import CROPS, EMBEDDINGS, PROGRESS, checksum, shard_range
 from cache.store import array, attributes, open_store, size_on_disk, spec_of
 
@@ -64,5 +63,3 @@ def info(path: str | Path) -> dict:
             "created": attrs.get("created"), "completed": attrs.get("completed"),
             "provenance": attrs.get("provenance", {})}
 
-
-__all__ = ["verify_store", "info", "CacheError"]

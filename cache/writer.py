@@ -20,7 +20,7 @@ import numpy as np
 
 from cache.errors import CacheError
 from cache.layout import CROPS, PROGRESS, checksum, shard_range
-from cache.store import _now, array, attributes, open_store, spec_of
+from cache.store import array, attributes, now, open_store, spec_of
 
 
 class CacheWriter:
@@ -108,7 +108,7 @@ class CacheWriter:
         if missing:
             raise CacheError(f"{self.path}: {len(missing)} of {self.spec.num_shards} shards are not written "
                              f"(first: {missing[:5]}); re-run the same extract command to finish them")
-        self.group.attrs.update({"checksums": checksums, "complete": True, "completed": _now()})
+        self.group.attrs.update({"checksums": checksums, "complete": True, "completed": now()})
         shutil.rmtree(self.progress, ignore_errors=True)
         return attributes(self.group)
 
