@@ -27,11 +27,12 @@ def versions() -> dict:
     import numpy
     import torch
     import torchvision
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses to unpickle
+    out = {"python": platform.python_version(), "torch": str(torch.__version__),
+           "torchvision": str(torchvision.__version__), "numpy": str(numpy.__version__)}
     try:
         import zarr
-        out["zarr"] = zarr.__version__
+        out["zarr"] = str(zarr.__version__)
     except ImportError:  # pragma: no cover - zarr is a hard dependency
         pass
     return out

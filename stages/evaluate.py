@@ -52,6 +52,7 @@ class EvaluateConfig:
     compare_model: Path | None = None
     grid_queries: int = 8
     grid_k: int = 6
+    features_dir: Path | None = None  # where keyed feature files go; None: beside `out`
 
 
 # ---------------------------------------------------------------- features of each kind of source
@@ -117,7 +118,9 @@ def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) ->
 
 def features_of(cfg: EvaluateConfig, store: ImageStore, device, model=None, cache=None, tag="") -> tuple:
     """(features (N, D) float32, source description) of the one source named by model / cache / random_init."""
-    features_path = cfg.out.with_name(f"{cfg.out.stem}{tag}.features.npy")
+    folder = Path(cfg.features_dir) if cfg.features_dir else cfg.out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    features_path = folder / f"{cfg.out.stem}{tag}.features.npy"
     if cache is not None:
         return _cache_features(cache, store)
     if model is not None:

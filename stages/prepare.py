@@ -29,6 +29,7 @@ class PrepareConfig:
     size: int | None = None  # pre-resize: short side to this many pixels, then centre crop; None keeps native
     skip_bad: bool = False  # leave undecodable images out (recorded in the manifest) instead of failing
     workers: int = min(4, os.cpu_count() or 1)  # decoding processes for file-based sources
+    limit: int | None = None  # keep only the first N items (smoke runs, tests); recorded in the manifest
 
 
 def resize_square(images: np.ndarray, size: int, block: int = 4096) -> np.ndarray:
@@ -74,9 +75,13 @@ def prepare(cfg: PrepareConfig) -> dict:
         (cfg.out / REPORT).unlink()  # a stale report from an earlier run would mislead
     if not len(data.images):
         raise CompressError(f"{cfg.dataset}: no images left to store from {data.source}")
-    images = data.images
+    images, labels, split, ids = data.images, data.labels, data.split, data.ids
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise CompressError(f"--limit {cfg.limit} keeps no images; use a positive number or leave it out")
+        images, labels, split, ids = images[:cfg.limit], labels[:cfg.limit], split[:cfg.limit], ids[:cfg.limit]
     if cfg.size is not None and not data.resized:
         images = resize_square(images, cfg.size)
-    return write_image_store(cfg.out, images, data.labels, data.split, data.ids, dataset=cfg.dataset,
+    return write_image_store(cfg.out, images, labels, split, ids, dataset=cfg.dataset,
                              classes=data.classes, source=data.source, arguments=asdict(cfg),
                              skipped=data.bad)

@@ -30,6 +30,8 @@ _PATH = click.Path(path_type=Path)
 @click.option("--figures", type=_PATH, default=None, help="Folder for the confusion-matrix and retrieval PNGs.")
 @click.option("--compare-cache", type=_PATH, default=None, help="Teacher cache shown beside this model in the grid.")
 @click.option("--compare-model", type=_PATH, default=None, help="Model file shown beside this model in the grid.")
+@click.option("--features-dir", type=_PATH, default=None,
+              help="Folder for the keyed feature files (default: beside --out).")
 def command(**kw):
     """Evaluate one model: NN, kNN-20, linear probe and cluster assignment, written as DVC metrics.
 

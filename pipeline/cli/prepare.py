@@ -21,7 +21,8 @@ from stages.prepare import DATASETS, REPORT, PrepareConfig, prepare
                    "of failing.")
 @click.option("--workers", type=int, default=PrepareConfig.workers, show_default=True,
               help="Decoding processes for image files (one thread each); 0 decodes in this process.")
-def command(dataset, source, out, size, skip_bad, workers):
+@click.option("--limit", type=int, default=None, help="Keep only the first N items (smoke runs).")
+def command(dataset, source, out, size, skip_bad, workers, limit):
     """Pack a dataset into a uint8 image store with a fingerprinted manifest.
 
     \b
@@ -31,7 +32,7 @@ def command(dataset, source, out, size, skip_bad, workers):
       compress-cache prepare --dataset imagefolder --source ~/imagenet --out data/in64 --size 72
     """
     m = prepare(PrepareConfig(dataset=dataset, out=out, source=source, size=size, skip_bad=skip_bad,
-                              workers=workers))
+                              workers=workers, limit=limit))
     click.echo(f"wrote {out}: {m['n']} images {tuple(m['shape'])}, {m['num_classes']} classes, "
                f"train {m['splits']['train']} / val {m['splits']['val']}, fingerprint {m['fingerprint'][:12]}")
     if m["skipped"]:
