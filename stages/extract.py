@@ -154,8 +154,8 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
     t0 = time.perf_counter()
     written = rows = 0
     try:
+        writer = CacheWriter(cfg.out)
         if not complete:
-            writer = CacheWriter(cfg.out)
             todo = writer.pending(rank_shards(spec.num_shards, world.rank, world.world_size))
             rows = sum(hi - lo for lo, hi in map(writer.rows, todo))
             bar = None
@@ -178,10 +178,10 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
             if bar is not None:
                 bar.close()
         distributed.barrier()
-        attrs = CacheWriter(cfg.out).finalize() if world.is_main and not complete else None
+        attrs = writer.finalize() if world.is_main and not complete else None
         attrs = distributed.broadcast_object(attrs)
         if attrs is None:
-            attrs = attributes(CacheWriter(cfg.out).group)
+            attrs = attributes(writer.group)
     finally:
         if lock is not None:
             lock.release()
