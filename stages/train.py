@@ -1,8 +1,13 @@
 """Stage `train`: one trainer for every method; the method, the student and the teacher source are settings.
 
-Reads top to bottom: config -> run folder and resume -> data -> networks -> optimiser and schedule -> loop ->
-final model. The teacher is never run here (the default): its embeddings are rows of the Zarr cache, loaded
-into memory once and indexed by the dataset indices every batch carries.
+Reads top to bottom: config -> processes, run folder -> data -> networks -> optimiser and schedule -> resume ->
+loop -> final model. By default the teacher is never run here: its embeddings are rows of the Zarr cache, loaded
+into memory once and indexed by the dataset indices every batch carries. `teacher_source="live"` runs a frozen
+teacher on the student's own crop every step instead (the paper's setting, and the benchmark's comparison).
+
+Under torchrun every process trains on its slice of each global batch (DDP, gloo on CPU, NCCL on GPU); only
+rank 0 writes logs, checkpoints and the model. Everything random is a function of (seed, step) or restored
+from the checkpoint, so a killed run continues to the same weights.
 """
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from pipeline import distributed
 
 from pipeline.augment import render, sample_crops
 from pipeline.checkpoint import restore_checkpoint, save_checkpoint
@@ -20,7 +28,7 @@ from pipeline.device import pick_device
 from pipeline.errors import CompressError
 from pipeline.imagestore import ImageStore
 from pipeline.loader import BatchLoader
-from pipeline.methods import build_method, method_needs_teacher
+from pipeline.methods import NEEDS_CACHE, DataInfo, build_method, method_needs_teacher
 from pipeline.modelfile import default_preprocessing, save_model
 from pipeline.models import build_backbone
 from pipeline.provenance import provenance
@@ -51,6 +59,18 @@ class TrainConfig:
     tau: float = 0.04
     ema: float = 0.999
     moco_dim: int = 128
+    # baselines (defaults: the papers'; see pipeline/methods/*.py)
+    crd_dim: int = 128
+    crd_negatives: int = 16_384
+    crd_tau: float = 0.07
+    crd_memory_momentum: float = 0.5
+    seed_tau_student: float = 0.2
+    seed_tau_teacher: float = 0.01
+    clusters: int | None = None  # CC: None = 10 x classes (paper: 16,000 on ImageNet)
+    # teacher: rows of the cache (default) or a frozen network run on every step's crops
+    teacher_source: str = "cached"  # cached | live
+    teacher_weights: Path | None = None  # live: a teacher checkpoint (any format `extract` reads)
+    teacher_arch: str | None = None  # live: needed only when it cannot be inferred from the weights
     # augmentation: RandomResizedCrop + horizontal flip only, drawn per sample
     input_size: int = 224
     crop_scale_min: float = 0.2
@@ -68,12 +88,25 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("device", "checkpoint_every", "tensorboard")
 
 
+# Named starting points; options given explicitly override them. The config defaults ARE the paper's ImageNet
+# settings (K 128,000, tau 0.04, m 0.999, SGD 0.01/0.9/1e-4, 130 epochs, x0.2 at 90 and 120, batch 256, 224 px).
+PRESETS = {
+    "paper-imagenet": {},
+    # the digits / Fashion-MNIST demo: a few thousand images at 16-32 px, minutes on 2 CPU cores
+    "small": {"epochs": 30, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "bank_size": 4096,
+              "input_size": 32, "crd_negatives": 1024, "warmup_epochs": 1.0},
+    # the unit tests and benchmarks: seconds
+    "tiny": {"epochs": 1, "batch_size": 32, "bank_size": 64, "input_size": 8, "crd_negatives": 64},
+}
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
     """Augmentation randomness is a function of (seed, step): nothing to save, identical after resume."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _check_or_write_config(cfg: TrainConfig, out: Path) -> None:
+def _check_or_write_config(cfg: TrainConfig, out: Path) -> str | None:
+    """None when `out` is new or holds a run with these settings; else the message to stop with."""
     path = out / "config.json"
     current = json.loads(json.dumps(asdict(cfg), default=str))
     if path.exists():
@@ -82,10 +115,53 @@ def _check_or_write_config(cfg: TrainConfig, out: Path) -> None:
                          and saved.get(k) != current[k])
         if changed:
             diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
-            raise CompressError(f"{out} holds a run with other settings ({diffs}); resume with the same "
-                                f"settings or choose a new --out folder")
+            return (f"{out} holds a run with other settings ({diffs}); resume with the same settings or choose "
+                    f"a new --out folder")
     else:
         path.write_text(json.dumps(current, indent=2) + "\n")
+    return None
+
+
+def _check_settings(cfg: TrainConfig, device: torch.device) -> None:
+    if cfg.teacher_source not in ("cached", "live"):
+        raise CompressError(f"unknown --teacher-source {cfg.teacher_source!r}; use cached or live")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise CompressError(f"--amp fp16 needs a CUDA device (its gradient scaler), but the device is {device}; "
+                            f"use --amp bf16 on the CPU")
+    if cfg.teacher_source == "live" and method_needs_teacher(cfg.method):
+        if cfg.teacher_weights is None:
+            raise CompressError("--teacher-source live needs --teacher-weights PATH (a teacher checkpoint)")
+        if cfg.method in NEEDS_CACHE:
+            raise CompressError(f"method {cfg.method!r} clusters the teacher's features of the whole training "
+                                f"set up front; use --teacher-source cached with --cache STORE.zarr")
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any rank: all processes stop together, none waits forever."""
+    if not distributed.active():
+        return flag
+    x = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return bool(x.item())
+
+
+class LiveTeacher:
+    """A frozen teacher run on the student's crops every step: same crop, the teacher's own normalisation.
+    Not part of the trained module: never optimised, never checkpointed, always in eval mode."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        from pipeline.teachers import load_teacher
+        self.net, self.identity = load_teacher(cfg.teacher_weights, arch=cfg.teacher_arch)
+        self.net.to(device).eval()
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.mean, self.std = self.identity["preprocessing"]["mean"], self.identity["preprocessing"]["std"]
+        self.dim = self.identity["embed_dim"]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.net.eval()  # whatever a caller did to the modes, BN keeps its running statistics
+        return torch.nn.functional.normalize(self.net(x).float(), dim=1)
 
 
 def _load_teacher_rows(cfg: TrainConfig, store: ImageStore, device: torch.device):
@@ -100,37 +176,64 @@ def _load_teacher_rows(cfg: TrainConfig, store: ImageStore, device: torch.device
 
 
 def train(cfg: TrainConfig) -> dict:
-    # ------------------------------------------------------------------ run folder, device, provenance
+    # ------------------------------------------------------------------ processes, run folder, provenance
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
+    world = distributed.init(device)  # a no-op without torchrun
+    try:
+        return _train(cfg, device, world)
+    finally:
+        if world.world_size > 1:
+            distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> dict:
+    _check_settings(cfg, device)
     store = ImageStore(cfg.data)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(cfg, out)
-    log = RunLog(out, tensorboard=cfg.tensorboard)
-    log.event("start", provenance(asdict(cfg)))
+    problem = distributed.broadcast_object(_check_or_write_config(cfg, out) if world.is_main else None)
+    if problem:
+        raise CompressError(problem)
+    log = RunLog(out, tensorboard=cfg.tensorboard, rank=world.rank)
+    log.event("start", {**provenance(asdict(cfg)), "world_size": world.world_size})
 
     # ------------------------------------------------------------------ data
     labels = torch.from_numpy(store.labels).to(device)
-    loader = BatchLoader(store, store.indices("train"), cfg.batch_size, seed=cfg.seed)
+    train_indices = store.indices("train")
+    loader = BatchLoader(store, train_indices, cfg.batch_size, seed=cfg.seed, rank=world.rank,
+                         world_size=world.world_size)
     if len(loader) == 0:
-        raise CompressError(f"--batch-size {cfg.batch_size} is larger than the {len(store.indices('train'))} "
-                            f"training images; use a smaller batch")
+        raise CompressError(f"--batch-size {cfg.batch_size} x {world.world_size} processes is larger than the "
+                            f"{len(train_indices)} training images; use a smaller batch")
     image_hw = tuple(store.manifest["shape"][:2])
     preprocessing = default_preprocessing(cfg.input_size)
+    mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)  # this rank's rows of a batch
 
     # ------------------------------------------------------------------ networks
     student = build_backbone(cfg.student, cfg.small_input, seed=cfg.seed)
-    teacher_rows = teacher_crops = teacher_attrs = None
-    needs_teacher = method_needs_teacher(cfg.method)
-    if needs_teacher:
-        teacher_rows, teacher_crops, teacher_attrs = _load_teacher_rows(cfg, store, device)
-    method = build_method(cfg.method, student, teacher_dim=teacher_rows.shape[-1] if needs_teacher else None,
-                          num_classes=store.num_classes, hp=asdict(cfg),
+    teacher_rows = teacher_crops = teacher_attrs = live = None
+    teacher_dim = None
+    if method_needs_teacher(cfg.method):
+        if cfg.teacher_source == "live":
+            live = LiveTeacher(cfg, device)
+            teacher_dim = live.dim
+        else:
+            teacher_rows, teacher_crops, teacher_attrs = _load_teacher_rows(cfg, store, device)
+            teacher_dim = teacher_rows.shape[-1]
+    data = DataInfo(num_items=len(store.labels), train_indices=train_indices, num_classes=store.num_classes,
+                    teacher_rows=teacher_rows)
+    method = build_method(cfg.method, student, teacher_dim=teacher_dim, data=data, hp=asdict(cfg),
                           generator=torch.Generator().manual_seed(cfg.seed))
     method.to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
+    model = method
+    if world.world_size > 1:
+        # Momentum copies have requires_grad=False, so DDP leaves them alone; buffers (queues, memories, BN
+        # statistics) are not broadcast every step: the queues are kept equal by all-gathering before writing.
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
     # ------------------------------------------------------------------ optimiser and schedule
     params = [p for p in method.parameters() if p.requires_grad]
@@ -148,8 +251,13 @@ def train(cfg: TrainConfig) -> dict:
         step = state["step"]
         log.event("resume", {"step": step, "restored": state["restored"]})
 
+    def checkpoint(epoch: int) -> None:
+        if world.is_main:
+            save_checkpoint(ckpt, step=step, epoch=epoch, method=method, optimizer=optimizer, scaler=scaler)
+
     # ------------------------------------------------------------------ loop
     total = cfg.epochs * len(loader)
+    global_batch = cfg.batch_size * world.world_size
     while step < total:
         epoch, first = divmod(step, len(loader))
         method.train()
@@ -157,26 +265,31 @@ def train(cfg: TrainConfig) -> dict:
         for idx, images in log.progress(loader.epoch(epoch, first), epoch, len(loader), first):
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[step])
+            # Random draws are made for the whole global batch and sliced, so N processes see the same crops
+            # as one process with the same global batch.
             gen = _step_generator(cfg.seed, step)
             idx_dev = idx.to(device)
             images = images.to(device, non_blocking=True)
             t = None
             if teacher_rows is not None and teacher_rows.ndim == 3:  # multi-view cache: train on a stored view
-                v = torch.randint(teacher_rows.shape[1], (len(idx),), generator=gen)
+                v = torch.randint(teacher_rows.shape[1], (global_batch,), generator=gen)[mine]
                 t = teacher_rows[idx_dev, v.to(device)].float()
                 crops = [teacher_crops[idx, v]]
             else:
                 if teacher_rows is not None:
                     t = teacher_rows[idx_dev].float()
-                crops = [sample_crops(len(idx), gen, image_hw, (cfg.crop_scale_min, 1.0), flip=cfg.hflip)
+                crops = [sample_crops(global_batch, gen, image_hw, (cfg.crop_scale_min, 1.0), flip=cfg.hflip)[mine]
                          for _ in range(method.views)]
             views = [render(images, c, cfg.input_size, preprocessing["mean"], preprocessing["std"])
                      for c in crops]
             if cfg.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, extra = method(views, t, labels[idx_dev])
-            if not torch.isfinite(loss):
+                if live is not None:  # the same crop, with the teacher's own normalisation
+                    x_t = render(images, crops[0], cfg.input_size, live.mean, live.std)
+                    t = live(x_t.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x_t)
+                loss, extra = model(views, t, labels[idx_dev], idx_dev)
+            if _any_rank(not bool(torch.isfinite(loss.detach())), device):
                 raise CompressError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); the last "
                                     f"good checkpoint {ckpt} is intact - lower --lr or use --amp none")
             optimizer.zero_grad(set_to_none=True)
@@ -185,30 +298,40 @@ def train(cfg: TrainConfig) -> dict:
             scaler.update()
             method.after_step()
             step += 1
-            seen += len(idx)
+            seen += len(idx) * world.world_size
             losses.append(loss.item())
             log.batch(step, loss.item(), float(lrs[step - 1]), extra)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(ckpt, step=step, epoch=epoch, method=method, optimizer=optimizer, scaler=scaler)
+                checkpoint(epoch)
         elapsed = time.perf_counter() - t0
         log.epoch({"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
                    "lr": float(lrs[step - 1]), "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed})
         if not cfg.checkpoint_every:
-            save_checkpoint(ckpt, step=step, epoch=epoch, method=method, optimizer=optimizer, scaler=scaler)
+            checkpoint(epoch)
 
     # ------------------------------------------------------------------ the deliverable: the student alone
-    meta = {"method": cfg.method, "data_fingerprint": store.fingerprint, "provenance": provenance(asdict(cfg))}
-    if teacher_attrs is not None:
-        meta["teacher"] = teacher_attrs.get("teacher")
-    save_model(out / "model.pt", method.student, preprocessing, **meta)
+    if world.is_main:
+        meta = {"method": cfg.method, "data_fingerprint": store.fingerprint, "provenance": provenance(asdict(cfg))}
+        if teacher_attrs is not None:
+            meta["teacher"] = teacher_attrs.get("teacher")
+        if live is not None:
+            meta["teacher"] = live.identity
+        save_model(out / "model.pt", method.student, preprocessing, **meta)
     log.close()
+    distributed.barrier()  # no process leaves (and tears the group down) before model.pt is written
     return {"out": str(out), "steps": step}
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    """Build a config from CLI/params keys, ignoring None (= keep the default)."""
+    """Build a config from CLI/params keys, ignoring None (= keep the default). `preset` names a starting point
+    from PRESETS; explicit keys override it."""
+    d = dict(d)
+    preset = d.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise CompressError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise CompressError(f"unknown training settings {unknown}")
-    return TrainConfig(**{k: v for k, v in d.items() if v is not None})
+    given = {k: v for k, v in d.items() if v is not None}
+    return TrainConfig(**{**PRESETS.get(preset or "paper-imagenet", {}), **given})

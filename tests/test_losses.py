@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import compress_kl, compress_loss, infonce, regression_loss, similarity_logits
+from pipeline.losses import (cluster_classification_loss, compress_kl, compress_loss, crd_loss, infonce,
+                             regression_loss, seed_loss, similarity_logits)
 
 
 def _unit(*shape, seed=0):
@@ -78,3 +79,84 @@ def test_regression_loss_zero_and_scale_invariant():
     s = torch.randn(8, 16)
     assert regression_loss(s * 5, t).item() == pytest.approx(regression_loss(s, t).item(), rel=1e-5)
     assert regression_loss(s, t).item() > 0
+
+
+def _descends(loss_of, s, steps=50, lr=5.0):
+    s = s.clone().requires_grad_()
+    opt = torch.optim.SGD([s], lr=lr)
+    history = []
+    for _ in range(steps):
+        loss = loss_of(s)
+        history.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return history
+
+
+def test_regression_loss_decreases_under_gradient_steps():
+    t = torch.randn(8, 16)
+    history = _descends(lambda s: regression_loss(s, t), torch.randn(8, 16))
+    assert history[-1] < 0.2 * history[0]
+
+
+def test_crd_loss_properties():
+    s, t = _unit(8, 16, seed=1), _unit(8, 16, seed=2)
+    ms, mt = _unit(64, 16, seed=3), _unit(64, 16, seed=4)
+    assert crd_loss(s, t, ms, mt, 0.07).item() >= 0
+    # aligned pairs are easier than misaligned ones
+    assert crd_loss(t, t, ms, mt, 0.07) < crd_loss(s, t, ms, mt, 0.07)
+    assert crd_loss(s * 4, t * 0.3, ms, mt, 0.07).item() == pytest.approx(crd_loss(s, t, ms, mt, 0.07).item(), rel=1e-5)
+    history = _descends(lambda x: crd_loss(x, t, ms, mt, 0.07), torch.randn(8, 16), lr=0.5)
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_crd_loss_masks_a_negative_that_is_the_query_itself():
+    t, ms = _unit(4, 16, seed=2), _unit(10, 16, seed=3)
+    mt = _unit(10, 16, seed=4).clone()
+    mt[0] = t[0]  # memory row 0 is image 0 itself
+    exclude = torch.zeros(4, 10, dtype=torch.bool)
+    exclude[0, 0] = True
+    masked = crd_loss(t, t, ms, mt, 0.07, exclude)
+    other = mt.clone()
+    other[0] = _unit(1, 16, seed=9)[0]
+    assert masked < crd_loss(t, t, ms, mt, 0.07)
+    column = torch.zeros(4, 10, dtype=torch.bool)
+    column[:, 0] = True  # masked for every query: its content no longer matters
+    assert crd_loss(t, t, ms, mt, 0.07, column).item() == pytest.approx(
+        crd_loss(t, t, ms, other, 0.07, column).item(), rel=1e-6)
+
+
+def _entropy_of_teacher(t, queue, tau):
+    t = F.normalize(t, dim=1)
+    p = F.softmax(torch.cat([(t * t).sum(1, keepdim=True), t @ queue.t()], 1) / tau, 1)
+    return -(p * p.log()).sum(1).mean()
+
+
+def test_seed_loss_properties():
+    t, queue, s = _unit(8, 16, seed=1), _unit(50, 16, seed=2), torch.randn(8, 16)
+    # soft cross-entropy >= the teacher's entropy, with equality when the distributions agree
+    h = _entropy_of_teacher(t, queue, 0.2).item()
+    assert seed_loss(s, t, queue, 0.2, 0.2).item() >= h - 1e-6
+    assert seed_loss(t, t, queue, 0.2, 0.2).item() == pytest.approx(h, abs=1e-5)
+    assert seed_loss(s * 9, t * 0.5, queue, 0.2, 0.01).item() == pytest.approx(
+        seed_loss(s, t, queue, 0.2, 0.01).item(), rel=1e-5)
+    history = _descends(lambda x: seed_loss(x, t, queue, 0.2, 0.01), s, lr=0.5)
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_seed_loss_gives_no_gradient_to_the_teacher():
+    t = _unit(4, 8).requires_grad_()
+    s = torch.randn(4, 8, requires_grad=True)
+    seed_loss(s, t.detach(), _unit(20, 8, seed=3), 0.2, 0.01).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_cluster_classification_loss_properties():
+    ids = torch.tensor([0, 2, 1, 2])
+    sharp = F.one_hot(ids, 3).float() * 50
+    assert cluster_classification_loss(sharp, ids).item() == pytest.approx(0, abs=1e-6)
+    logits = torch.randn(4, 3)
+    assert cluster_classification_loss(logits, ids).item() > 0
+    history = _descends(lambda x: cluster_classification_loss(x, ids), logits, lr=1.0)
+    assert history[-1] < 0.5 * history[0]

@@ -10,18 +10,14 @@ import copy
 import math
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from pipeline import distributed
 
-@torch.no_grad()
+
 def gather_from_all_ranks(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x from every process in rank order (no gradient); x itself at world size 1."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    return distributed.all_gather(x)
 
 
 class AnchorBank(nn.Module):

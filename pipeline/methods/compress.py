@@ -48,7 +48,7 @@ class CompRess(nn.Module):
             self.momentum_student = momentum_copy(student)
         self._pending: dict[str, torch.Tensor] = {}
 
-    def forward(self, views: list[torch.Tensor], t: torch.Tensor, y=None) -> tuple[torch.Tensor, dict]:
+    def forward(self, views: list[torch.Tensor], t: torch.Tensor, y=None, idx=None) -> tuple[torch.Tensor, dict]:
         x = views[0]
         s = self.student(x)  # B x Ds
         if self.variant == "1q":

@@ -44,7 +44,7 @@ class MoCo(nn.Module):
         k[perm] = torch.cat(chunks)
         return nn.functional.normalize(k.float(), dim=1)
 
-    def forward(self, views: list[torch.Tensor], t=None, y=None) -> tuple[torch.Tensor, dict]:
+    def forward(self, views: list[torch.Tensor], t=None, y=None, idx=None) -> tuple[torch.Tensor, dict]:
         q = self.head(self.student(views[0]))  # B x dim
         k = self._encode_keys(views[1])  # B x dim, no gradient
         loss = infonce(q, k, self.bank.read("keys"), self.tau)

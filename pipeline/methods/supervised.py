@@ -14,7 +14,7 @@ class Supervised(nn.Module):
         self.student = student
         self.classifier = nn.Linear(student.embed_dim, num_classes)
 
-    def forward(self, views, t=None, y=None) -> tuple[torch.Tensor, dict]:
+    def forward(self, views, t=None, y=None, idx=None) -> tuple[torch.Tensor, dict]:
         logits = self.classifier(self.student(views[0]))
         loss = nn.functional.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}

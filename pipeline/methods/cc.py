@@ -1,0 +1,44 @@
+"""CC: cluster classification (Noroozi et al., CVPR 2018), the "CC" row of CompRess's tables.
+
+The teacher's cached features of the training images are clustered once with seeded faiss k-means; every image
+gets the id of its nearest centroid; the student then learns to predict that id with cross-entropy through a
+training-only linear classifier.
+
+k   number of clusters (paper: 16,000 on ImageNet; default here 10 x the number of classes, at most the number
+    of training images). The ids are a buffer, saved with the run, so a resumed run never re-clusters.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.losses import cluster_classification_loss
+
+
+def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
+    """(N,) cluster id of every cached row: k-means on the training rows only, then nearest centroid for all.
+    A multi-view cache is clustered on view 0, the un-augmented centre crop (what the paper clustered)."""
+    from pipeline.cluster_assignment import assign, kmeans
+    x = rows[:, 0] if rows.ndim == 3 else rows
+    x = x.float().cpu().numpy()
+    centroids = kmeans(x[train_indices], k, niter=niter, seed=seed)
+    return torch.from_numpy(assign(x, centroids))
+
+
+class ClusterClassification(nn.Module):
+    needs_teacher, needs_labels, views = True, False, 1
+
+    def __init__(self, student: nn.Module, ids: torch.Tensor, k: int):
+        super().__init__()
+        self.student = student
+        self.classifier = nn.Linear(student.embed_dim, k)
+        self.register_buffer("ids", ids.long())
+
+    def forward(self, views, t=None, y=None, idx=None) -> tuple[torch.Tensor, dict]:
+        logits = self.classifier(self.student(views[0]))
+        target = self.ids[idx]
+        return cluster_classification_loss(logits, target), {"acc": (logits.argmax(1) == target).float().mean().item()}
+
+    def after_step(self) -> None:
+        pass
