@@ -1,0 +1,30 @@
+"""Tiny data shared by the training tests: 200 digits, a random ResNet-18 teacher at 8 px, its caches."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.modelfile import default_preprocessing, save_model
+from pipeline.models import build_backbone
+from stages.prepare import PrepareConfig, prepare
+
+# every option of the tiny preset spelled out, so the commands read like a user's
+TINY = ["--input-size", "8", "--batch-size", "32", "--bank-size", "64", "--seed", "0", "--epochs", "1",
+        "--no-tensorboard", "--device", "cpu", "--crd-negatives", "64"]
+
+
+def cli(*args) -> None:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def make_tiny(d: Path, views: tuple[int, ...] = (1,)) -> Path:
+    """d/data (image store), d/t.pt (teacher), d/t{V}.zarr for each number of views V."""
+    prepare(PrepareConfig(dataset="digits", limit=200, out=d / "data"))
+    save_model(d / "t.pt", build_backbone("resnet18", small_input=True, seed=1), default_preprocessing(8))
+    for v in views:
+        cli("extract", "--data", d / "data", "--weights", d / "t.pt", "--out", d / f"t{v}.zarr", "--views", v,
+            "--batch-size", "64", "--device", "cpu", "--no-progress")
+    return d
