@@ -10,9 +10,9 @@ from stages.train import config_from_dict
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Image store (from `prepare`).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder for the teacher; the artifact is OUT/model.pt.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
+@click.option("--weights", default="",
               help="Checkpoint to import (MoCo/SwAV/SimCLR/DINO/torchvision/model file). "
-                   "Without it a teacher is pretrained with MoCo v2 on --data.")
+                   "Empty or absent: a teacher is pretrained with MoCo v2 on --data.")
 @click.option("--weights-format", default="auto", show_default=True)
 @click.option("--input-size", type=int, default=None,
               help="Input side in pixels (import: overrides the format's 224; pretraining: the crop size).")
@@ -30,6 +30,7 @@ from stages.train import config_from_dict
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
+@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True)
 def command(data, out, weights, weights_format, input_size, crop_fraction, arch, **pretrain):
     """Import a teacher checkpoint, or pretrain one with MoCo v2 when none is given.
 
@@ -38,6 +39,7 @@ def command(data, out, weights, weights_format, input_size, crop_fraction, arch,
       compress-cache teacher --data data/digits --out artifacts/teacher --epochs 60 --input-size 16
       compress-cache teacher --data data/in1k --out artifacts/r50 --weights moco_v2_800ep.pth.tar
     """
+    weights = Path(weights) if weights else None
     settings = None
     if weights is None:
         settings = config_from_dict({"data": data, "out": out, "student": arch, "method": "moco",
