@@ -11,6 +11,7 @@ from the checkpoint, so a killed run continues to the same weights.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -230,10 +231,13 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         method.to(memory_format=torch.channels_last)
     model = method
     if world.world_size > 1:
-        # Momentum copies have requires_grad=False, so DDP leaves them alone; buffers (queues, memories, BN
-        # statistics) are not broadcast every step: the queues are kept equal by all-gathering before writing.
-        model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        # Momentum copies have requires_grad=False, so DDP leaves them alone. Buffers (queues, memories, cluster
+        # ids, BN statistics) are copied from rank 0 once at start and then not broadcast every step: the
+        # queues stay equal because every rank writes the same all-gathered rows.
+        ddp = torch.nn.parallel.DistributedDataParallel
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                   else {"broadcast_buffers": False})  # the older name, same meaning
+        model = ddp(method, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
     # ------------------------------------------------------------------ optimiser and schedule
     params = [p for p in method.parameters() if p.requires_grad]
@@ -319,7 +323,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         save_model(out / "model.pt", method.student, preprocessing, **meta)
     log.close()
     distributed.barrier()  # no process leaves (and tears the group down) before model.pt is written
-    return {"out": str(out), "steps": step}
+    return {"out": str(out), "steps": step, "rank": world.rank}
 
 
 def config_from_dict(d: dict) -> TrainConfig:

@@ -77,4 +77,5 @@ def command(milestones, **options):
     if milestones is not None:
         options["milestones"] = tuple(int(m) for m in milestones.split(",") if m.strip())
     result = train(config_from_dict(options))
-    click.echo(f"trained {result['steps']} steps; student written to {result['out']}/model.pt")
+    if result["rank"] == 0:
+        click.echo(f"trained {result['steps']} steps; student written to {result['out']}/model.pt")
