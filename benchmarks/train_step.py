@@ -1,0 +1,137 @@
+"""Benchmark of stage `train`: what does caching the teacher buy per step, and how close is it to the floor?
+
+One run, same data and same batches for every variant, alternating the order each round (A B C D, D C B A, ...):
+  floor    student-only step: render the crops, student forward, a trivial loss, backward, SGD step
+  cached   the trainer's step with teacher embeddings indexed from a cache in RAM (the default)
+  live     the same step with the frozen teacher run on the same crops first (--teacher-source live)
+  teacher  the teacher's forward alone on those crops (no_grad, eval mode)
+Medians over rounds. summary:
+  cached_over_floor   cached / floor step time (goal <= 1.05)
+  speedup_over_bound  (live / cached) / ((teacher + floor) / floor): the measured gain of caching relative to
+                      the gain a perfect cache would give (goal >= 0.9)
+Teacher ResNet-50, students ResNet-18 and MobileNetV2, all with the small-input stem at --size px.
+
+    .venv/bin/python benchmarks/train_step.py [--size 32] [--batch 64] [--rounds 3] [--method compress-1q]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from dataclasses import asdict
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.augment import render, sample_crops  # noqa: E402
+from pipeline.methods import DataInfo, build_method  # noqa: E402
+from pipeline.modelfile import default_preprocessing  # noqa: E402
+from pipeline.models import build_backbone  # noqa: E402
+from stages.train import TrainConfig  # noqa: E402
+
+
+def make_step(kind: str, student_arch: str, teacher, args, images, rows):
+    """A closure running one training step of `kind` on batch b; every kind owns fresh, identical networks."""
+    student = build_backbone(student_arch, small_input=True, seed=0)
+    pre = default_preprocessing(args.size)
+    hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank}  # the trainer's defaults
+    data = DataInfo(num_items=len(images), train_indices=torch.arange(len(images)).numpy(), num_classes=10)
+    module = student if kind == "floor" else build_method(args.method, student, teacher_dim=rows.shape[1],
+                                                          data=data, hp=hp, generator=torch.Generator().manual_seed(0))
+    module.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                          weight_decay=1e-4)
+
+    def step(b: int) -> None:
+        idx = torch.arange(b * args.batch, (b + 1) * args.batch) % len(images)
+        crops = sample_crops(args.batch, torch.Generator().manual_seed(b), (args.size, args.size))
+        x = render(images[idx], crops, args.size, pre["mean"], pre["std"]).contiguous(
+            memory_format=torch.channels_last)
+        if kind == "teacher":
+            with torch.no_grad():
+                F.normalize(teacher(x).float(), dim=1)
+            return
+        if kind == "floor":
+            loss = student(x).float().pow(2).mean()  # trivial loss, same forward/backward
+        else:
+            if kind == "live":
+                with torch.no_grad():
+                    t = F.normalize(teacher(x).float(), dim=1)
+            else:
+                t = rows[idx].float()
+            loss, _ = module([x], t, None, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if kind != "floor":
+            module.after_step()
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--bank", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=2, help="Steps per timed block.")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--method", default="compress-1q")
+    p.add_argument("--students", default="resnet18,mobilenet_v2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/train_step.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.batch * 4
+    images = torch.randint(0, 256, (n, args.size, args.size, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    teacher = build_backbone("resnet50", small_input=True, seed=1).eval().to(memory_format=torch.channels_last)
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    rows = F.normalize(torch.randn(n, teacher.embed_dim, generator=torch.Generator().manual_seed(2)), dim=1).half()
+    kinds = ["floor", "cached", "live", "teacher"]
+    results = {}
+    for arch in args.students.split(","):
+        steps = {k: make_step(k, arch, teacher, args, images, rows) for k in kinds}
+        for k in kinds:  # warm-up: allocator, oneDNN kernels
+            steps[k](0)
+        times = {k: [] for k in kinds}
+        for r in range(args.rounds):
+            for k in (kinds if r % 2 == 0 else kinds[::-1]):
+                t0 = time.perf_counter()
+                for s in range(args.steps):
+                    steps[k](1 + r * args.steps + s)
+                times[k].append((time.perf_counter() - t0) / args.steps)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        bound = (med["teacher"] + med["floor"]) / med["floor"]
+        results[arch] = {"seconds_per_step": med, "all_seconds": times,
+                         "img_per_s": {k: args.batch / v for k, v in med.items()},
+                         "cached_over_floor": med["cached"] / med["floor"],
+                         "live_over_cached": med["live"] / med["cached"], "bound": bound,
+                         "speedup_over_bound": (med["live"] / med["cached"]) / bound}
+        print(f"{arch:14s} floor {med['floor']*1e3:7.1f} ms  cached {med['cached']*1e3:7.1f}  live "
+              f"{med['live']*1e3:7.1f}  teacher fwd {med['teacher']*1e3:7.1f}  cached/floor "
+              f"{results[arch]['cached_over_floor']:.3f}  speedup/bound {results[arch]['speedup_over_bound']:.3f}")
+    payload = {"command": " ".join([".venv/bin/python", "benchmarks/train_step.py", *sys.argv[1:]]),
+               "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+                           "device": "cpu"},
+               "setup": {"teacher": "resnet50 (small-input stem)", "students": args.students, "size": args.size,
+                         "batch": args.batch, "bank": args.bank, "method": args.method, "rounds": args.rounds,
+                         "steps_per_block": args.steps, "precision": "fp32, channels_last",
+                         "order": "A B C D / D C B A alternating, medians"},
+               "results": results,
+               "summary": {arch: {"cached_over_floor": r["cached_over_floor"],
+                                  "speedup_over_bound": r["speedup_over_bound"]} for arch, r in results.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
