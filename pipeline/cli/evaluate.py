@@ -37,9 +37,9 @@ def command(**kw):
 
     \b
     Examples:
-      compress-cache eval --data data/digits --cache cache/t.zarr --out metrics/teacher.json
+      compress-cache eval --data data/digits --cache runs/teacher.zarr --out metrics/teacher.json
       compress-cache eval --data data/digits --model runs/mnv2/model.pt --out metrics/mnv2.json \\
-          --figures figures --compare-cache cache/t.zarr
+          --figures figures --compare-cache runs/teacher.zarr
       compress-cache eval --data data/digits --random-init resnet18 --small-input --out metrics/random.json
     """
     kw["probe_batch_size"] = kw["probe_batch_size"] or None

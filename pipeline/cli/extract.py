@@ -14,7 +14,7 @@ from stages.extract import ExtractConfig, extract
 @click.option("--weights", type=click.Path(path_type=Path), required=True, help="Teacher checkpoint file.")
 @click.option("--weights-format", default="auto", show_default=True, help="Checkpoint format; auto detects it.")
 @click.option("--embedding", default="backbone", show_default=True, help="Which layer is the embedding.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write, e.g. cache/t.zarr.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write, e.g. runs/teacher.zarr.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="float16 halves disk and RAM; cosine error on unit vectors stays below 1e-4.")
 @click.option("--views", type=int, default=1, show_default=True,
@@ -35,8 +35,8 @@ def command(data, teacher, weights, weights_format, embedding, out, dtype, views
 
     \b
     Examples:
-      compress-cache extract --data data/digits --teacher resnet18 --weights runs/teacher/model.pt --out cache/t.zarr
-      torchrun --nproc_per_node=4 -m pipeline extract --data data/in1k --weights r50.pt --out cache/r50.zarr
+      compress-cache extract --data data/digits --teacher resnet18 --weights runs/teacher/model.pt --out runs/teacher.zarr
+      torchrun --nproc_per_node=4 -m pipeline extract --data data/in1k --weights r50.pt --out runs/r50.zarr
     """
     cfg = ExtractConfig(data=data, weights=weights, out=out, teacher=teacher, weights_format=weights_format,
                         embedding=embedding, dtype=dtype, views=views, view_seed=view_seed, batch_size=batch_size,

@@ -16,7 +16,7 @@ def command(store, as_json):
 
     \b
     Example:
-      compress-cache info cache/t.zarr
+      compress-cache info runs/teacher.zarr
     """
     try:
         d = info(store)

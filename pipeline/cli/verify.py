@@ -14,7 +14,7 @@ def command(store):
 
     \b
     Example:
-      compress-cache verify cache/t.zarr
+      compress-cache verify runs/teacher.zarr
     """
     try:
         problems = verify_store(store)
