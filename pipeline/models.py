@@ -109,3 +109,18 @@ def build_backbone(arch: str, small_input: bool = False, seed: int | None = None
         if small_input:
             _small_input_stem(arch, net)
     return Backbone(arch, net, dim, small_input)
+
+
+def check_input_size(model: nn.Module, size: int, what: str) -> None:
+    """Fail early, in one line, when `size` px inputs shrink to nothing inside the network (AlexNet's or
+    ShuffleNet's strides at 8-16 px), instead of a shape error deep inside a training step."""
+    was_training = model.training
+    model.eval()  # BatchNorm uses its running statistics: nothing in the model changes
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size, device=next(model.parameters()).device))
+    except RuntimeError as e:
+        raise CompressError(f"{what} cannot take {size} px inputs ({str(e).splitlines()[0][:120]}); "
+                            f"use a larger --input-size or the small-input stem") from None
+    finally:
+        model.train(was_training)

@@ -22,7 +22,7 @@ from pipeline.errors import CompressError
 from pipeline.imagestore import ImageStore
 from pipeline.linear_probe import check_frozen, snapshot
 from pipeline.modelfile import default_preprocessing, load_model
-from pipeline.models import build_backbone
+from pipeline.models import build_backbone, check_input_size
 from pipeline.protocols import evaluate_features
 from pipeline.provenance import provenance, sha256_file
 
@@ -107,6 +107,7 @@ def _model_features(path: Path, store, cfg, device, features_path: Path) -> tupl
 def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) -> tuple[np.ndarray, dict]:
     size = cfg.input_size or store.shape[1]
     backbone = build_backbone(cfg.random_init, cfg.small_input, seed=cfg.seed).eval()
+    check_input_size(backbone, size, f"random-init {cfg.random_init}")
     prep = default_preprocessing(size)
     key = {"random_init": cfg.random_init, "small_input": cfg.small_input, "seed": cfg.seed,
            "torch": torch.__version__, "data_fingerprint": store.fingerprint, "preprocessing": prep,

@@ -27,6 +27,7 @@ from pipeline.device import pick_device
 from pipeline.embed import embed_blocks
 from pipeline.errors import CompressError
 from pipeline.imagestore import ImageStore
+from pipeline.models import check_input_size
 from pipeline.provenance import provenance
 from pipeline.teachers import load_teacher
 
@@ -148,6 +149,7 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
     store = ImageStore(cfg.data)
     teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding)
     teacher = teacher.to(device)
+    check_input_size(teacher, identity["preprocessing"]["input_size"], f"teacher {identity['arch']}")
     spec = _request(cfg, store, identity)
     prep = identity["preprocessing"]
     lock, complete = _open(cfg, spec, world)

@@ -31,7 +31,7 @@ from pipeline.imagestore import ImageStore
 from pipeline.loader import BatchLoader
 from pipeline.methods import NEEDS_CACHE, DataInfo, build_method, method_needs_teacher
 from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from pipeline.models import build_backbone, check_input_size
 from pipeline.provenance import provenance
 from pipeline.run_log import RunLog
 from pipeline.schedules import lr_schedule
@@ -213,6 +213,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
 
     # ------------------------------------------------------------------ networks
     student = build_backbone(cfg.student, cfg.small_input, seed=cfg.seed)
+    check_input_size(student, cfg.input_size, f"student {cfg.student}")
     teacher_rows = teacher_crops = teacher_attrs = live = None
     teacher_dim = None
     if method_needs_teacher(cfg.method):

@@ -50,3 +50,14 @@ def test_simclr_x1_is_torchvision_resnet50():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(wide(x), tv(x), atol=1e-5)
+
+
+def test_an_input_too_small_for_the_architecture_is_a_one_line_error():
+    from pipeline.errors import CompressError
+    from pipeline.models import check_input_size
+    alexnet = build_backbone("alexnet", small_input=False, seed=0)
+    with pytest.raises(CompressError, match="alexnet cannot take 16 px"):
+        check_input_size(alexnet, 16, "alexnet")
+    resnet = build_backbone("resnet18", small_input=False, seed=0).train()
+    check_input_size(resnet, 16, "resnet18")
+    assert resnet.training  # the check leaves the mode as it found it

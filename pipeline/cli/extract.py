@@ -47,6 +47,9 @@ def command(data, teacher, weights, weights_format, embedding, out, dtype, views
         raise click.ClickException(str(e)) from None
     a = result["attributes"]
     if env_world().is_main:
+        t = a["teacher"]
+        click.echo(f"teacher: {t['arch']} ({t['format']} checkpoint, {t['embedding']} embedding, "
+                   f"{t['embed_dim']}-d, {t['preprocessing']['input_size']} px)")
         verb = "wrote" if result["shards_written"] else "already complete:"
         speed = result["rows_written"] / max(result["seconds"], 1e-9)
         click.echo(f"{verb} {out}: {a['n']} x {a['views']} x {a['dim']} {a['dtype']}, {a['num_shards']} shards "
