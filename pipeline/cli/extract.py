@@ -3,7 +3,6 @@ from pathlib import Path
 
 import click
 
-from cache.errors import CacheError
 from pipeline.distributed import env_world
 from stages.extract import ExtractConfig, extract
 
@@ -41,10 +40,7 @@ def command(data, teacher, weights, weights_format, embedding, out, dtype, views
     cfg = ExtractConfig(data=data, weights=weights, out=out, teacher=teacher, weights_format=weights_format,
                         embedding=embedding, dtype=dtype, views=views, view_seed=view_seed, batch_size=batch_size,
                         shard_rows=shard_rows, device=device, overwrite=overwrite, progress=not no_progress)
-    try:
-        result = extract(cfg)
-    except CacheError as e:
-        raise click.ClickException(str(e)) from None
+    result = extract(cfg)  # a CacheError becomes a one-line error in the command group
     a = result["attributes"]
     if env_world().is_main:
         t = a["teacher"]

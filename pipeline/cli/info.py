@@ -4,7 +4,6 @@ from pathlib import Path
 
 import click
 
-from cache.errors import CacheError
 from cache.verify import info
 
 
@@ -18,10 +17,7 @@ def command(store, as_json):
     Example:
       compress-cache info runs/teacher.zarr
     """
-    try:
-        d = info(store)
-    except CacheError as e:
-        raise click.ClickException(str(e)) from None
+    d = info(store)  # a CacheError becomes a one-line error in the command group
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
