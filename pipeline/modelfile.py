@@ -18,6 +18,8 @@ import torch
 
 from pipeline.errors import CompressError
 from pipeline.models import Backbone, build_backbone
+from pipeline.safe_load import load_checkpoint
+from pipeline.strict_load import load_strict
 
 FORMAT = "compress-cache/model"
 
@@ -40,15 +42,8 @@ def save_model(path: str | Path, backbone: Backbone, preprocessing: dict, **meta
 
 
 def read_model_file(path: str | Path) -> dict:
-    """Load a model file safely; refuse anything that is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"model file {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a torch file at all
-        raise CompressError(f"{path}: cannot be loaded safely as a torch checkpoint "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    """Load a model file safely (weights_only, see safe_load); refuse anything that is not one."""
+    payload = load_checkpoint(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CompressError(f"{path}: not a compress-cache model file; for official checkpoints use "
                             f"`compress-cache extract --weights-format auto`")
@@ -58,10 +53,7 @@ def read_model_file(path: str | Path) -> dict:
 def load_model(path: str | Path) -> tuple[Backbone, dict]:
     """(backbone with the saved weights, loaded strictly, in eval mode; the file's metadata)."""
     payload = read_model_file(path)
-    backbone = build_backbone(payload["arch"], payload["small_input"])
-    result = backbone.load_state_dict(payload["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CompressError(f"{path}: weights do not fit {payload['arch']}: missing "
-                            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    backbone = load_strict(build_backbone(payload["arch"], payload["small_input"]), payload["state_dict"],
+                           f"{path}: weights do not fit {payload['arch']}")
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return backbone.eval(), meta

@@ -15,11 +15,6 @@ from torch import nn
 from pipeline import distributed
 
 
-def gather_from_all_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x from every process in rank order (no gradient); x itself at world size 1."""
-    return distributed.all_gather(x)
-
-
 class AnchorBank(nn.Module):
     """Named queues of K rows each, written together at one pointer.
 
@@ -47,7 +42,7 @@ class AnchorBank(nn.Module):
             raise ValueError(f"enqueue needs exactly the queues {self.names}, got {tuple(rows)}")
         n = None
         for name, x in rows.items():
-            x = gather_from_all_ranks(x.detach())
+            x = distributed.all_gather(x.detach())  # every rank's rows, in rank order
             n = len(x) if n is None else n
             assert len(x) == n, "every queue advances by the same number of rows"
             slots = (self.ptr + torch.arange(n, device=x.device)) % self.K  # wraps when K % B != 0
