@@ -33,8 +33,9 @@ def restore_checkpoint(path: str | Path, map_location=None, **objects) -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CompressError(f"checkpoint {str(path)!r} cannot be loaded ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}); delete it to start over")
+        first = str(e).splitlines()[0].split(". ")[0][:120] if str(e) else ""
+        raise CompressError(f"checkpoint {str(path)!r} is truncated or corrupt ({type(e).__name__}: {first}); "
+                            f"delete it to start the run over (model.pt, if any, is kept)")
     saved = payload.get("objects", {})
     missing = [name for name in objects if name not in saved]
     if missing:

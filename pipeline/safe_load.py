@@ -33,10 +33,13 @@ def load_checkpoint(path: str | Path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" (it calls {found.group(1)})" if found else ""
+        if found is None:  # not a refusal by weights_only: bytes that are no pickle at all
+            raise CompressError(f"checkpoint {path} cannot be read: not a PyTorch file; "
+                                f"download or copy it again") from None
         raise CompressError(f"checkpoint {path} was refused: it is a pickle that needs code execution to load"
-                            f"{what}. Only tensors and plain containers are accepted; re-save the weights "
-                            f"with torch.save(model.state_dict(), PATH) from code you trust") from None
+                            f" (it calls {found.group(1)}). Only tensors and plain containers are accepted; "
+                            f"re-save the weights with torch.save(model.state_dict(), PATH) from code you trust"
+                            ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise CompressError(f"checkpoint {path} cannot be read: truncated, corrupted or not a PyTorch file "
