@@ -14,12 +14,15 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import CompressError
+from pipeline.narrow_resnet import ARCHS as NARROW_ARCHS, build_narrow_resnet18
 from pipeline.wide_resnet import ARCHS as WIDE_ARCHS, build_wide_resnet50
 
 # Names offered in --help; any other torchvision classification model name is accepted too.
 KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "alexnet")
-# Architectures built here rather than by torchvision: SimCLR's ResNet-50 widths (pipeline/wide_resnet.py).
-EXTRA_ARCHS = {name: build_wide_resnet50 for name in WIDE_ARCHS}
+# Architectures built here rather than by torchvision: SimCLR's ResNet-50 widths (pipeline/wide_resnet.py) and
+# narrow ResNet-18s for CPU-sized teachers (pipeline/narrow_resnet.py).
+EXTRA_ARCHS = {**{name: build_wide_resnet50 for name in WIDE_ARCHS},
+               **{name: build_narrow_resnet18 for name in NARROW_ARCHS}}
 
 
 def available_archs() -> set[str]:

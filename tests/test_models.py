@@ -61,3 +61,14 @@ def test_an_input_too_small_for_the_architecture_is_a_one_line_error():
     resnet = build_backbone("resnet18", small_input=False, seed=0).train()
     check_input_size(resnet, 16, "resnet18")
     assert resnet.training  # the check leaves the mode as it found it
+
+
+@pytest.mark.parametrize("arch,width", [("resnet18_w32", 32), ("resnet18_w16", 16)])
+def test_narrow_resnet18_has_torchvision_names_and_scaled_widths(arch, width):
+    narrow, full = build_classifier_net(arch), build_classifier_net("resnet18")
+    assert [n for n, _ in narrow.named_parameters()] == [n for n, _ in full.named_parameters()]
+    for (name, p), (_, q) in zip(narrow.named_parameters(), full.named_parameters()):
+        if name.endswith("weight") and p.ndim == 4:  # every convolution's channels scale by width / 64
+            assert p.shape[0] * 64 == q.shape[0] * width, name
+    net = build_backbone(arch, small_input=True)
+    assert net(torch.rand(2, 3, 16, 16)).shape == (2, 8 * width)
