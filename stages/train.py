@@ -47,6 +47,7 @@ class TrainConfig:
     method: str = "compress-2q"
     # optimisation (paper: SGD lr 0.01, momentum 0.9, wd 1e-4, batch 256, 130 epochs, x0.2 at 90 and 120)
     epochs: int = 130
+    steps: int | None = None  # a budget in optimiser steps instead of epochs (may end mid-epoch)
     batch_size: int = 256  # per process
     lr: float = 0.01
     momentum: float = 0.9
@@ -243,8 +244,13 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     # ------------------------------------------------------------------ optimiser and schedule
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    lrs = lr_schedule(cfg.lr, cfg.epochs, len(loader), cfg.schedule, cfg.milestones, cfg.lr_gamma,
-                      cfg.warmup_epochs)
+    if cfg.steps:  # the schedule spans the budget; milestones and warm-up stay in epochs of len(loader) steps
+        lrs = lr_schedule(cfg.lr, 1, cfg.steps, cfg.schedule, tuple(m * len(loader) / cfg.steps
+                                                                   for m in cfg.milestones),
+                          cfg.lr_gamma, cfg.warmup_epochs * len(loader) / cfg.steps)
+    else:
+        lrs = lr_schedule(cfg.lr, cfg.epochs, len(loader), cfg.schedule, cfg.milestones, cfg.lr_gamma,
+                          cfg.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
@@ -261,7 +267,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
             save_checkpoint(ckpt, step=step, epoch=epoch, method=method, optimizer=optimizer, scaler=scaler)
 
     # ------------------------------------------------------------------ loop
-    total = cfg.epochs * len(loader)
+    total = len(lrs)
     global_batch = cfg.batch_size * world.world_size
     while step < total:
         epoch, first = divmod(step, len(loader))
@@ -308,6 +314,8 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
             log.batch(step, loss.item(), float(lrs[step - 1]), extra)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint(epoch)
+            if step == total:  # a --steps budget can end inside an epoch
+                break
         elapsed = time.perf_counter() - t0
         log.epoch({"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
                    "lr": float(lrs[step - 1]), "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed})

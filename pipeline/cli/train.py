@@ -35,6 +35,8 @@ def _default(name):
               help="Teacher checkpoint for --teacher-source live (any format `extract` reads).")
 @click.option("--teacher-arch", default=None, help="Teacher architecture, when the weights do not tell it.")
 @click.option("--epochs", type=int, default=None, help="Paper: 130.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Budget in optimiser steps instead of --epochs (may end inside an epoch); the schedule spans it.")
 @click.option("--batch-size", type=int, default=None, help="Per process. Paper: 256.")
 @click.option("--lr", type=float, default=None, help="SGD learning rate. Paper: 0.01.")
 @click.option("--momentum", type=float, default=None)
