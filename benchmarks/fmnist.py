@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/fmnist.py teacher     # once (~20 min): benchmarks/fmnist_teacher.pt, committed
     .venv/bin/python benchmarks/fmnist.py main        # benchmarks/results/fmnist_main.{json,md}
     .venv/bin/python benchmarks/fmnist.py ablations   # benchmarks/results/fmnist_ablations.{json,md}
-    add --smoke to any of them for a few-minute run on 3,000 images that writes under the work folder only
+    add --smoke to any of them for a few-minute run on 1,500 images that writes under the work folder only
 
 Everything the study fixes is in SETTINGS below, chosen before any result was seen and not tuned after. Data,
 caches, runs and per-run metrics go to --work (default artifacts/fmnist); every step whose output exists with the
@@ -65,7 +65,7 @@ SETTINGS = {
     "ablations": {"tau": [0.02, 0.04, 0.07, 0.1, 1.0], "bank": [256, 1024, 4096, 16384, 60000]},
     "eval": {"knn_k": 20, "knn_tau": 0.07, "probe_epochs": 40, "seed": 0},
 }
-SMOKE = {"train": 2500, "val": 500, "teacher_epochs": 1, "probe_epochs": 5}
+SMOKE = {"train": 1000, "val": 500, "teacher_epochs": 1, "probe_epochs": 5}
 
 
 class Study:
@@ -75,6 +75,7 @@ class Study:
         self.work, self.smoke = Path(work), smoke
         self.data = self.work / "data"
         self.records: list[dict] = []
+        self.extracted: set[Path] = set()
 
     # ---------------------------------------------------------------- data, teacher, caches
     def prepare(self) -> ImageStore:
@@ -119,33 +120,43 @@ class Study:
             raise CompressError(f"teacher {teacher} is missing; make it with `python benchmarks/fmnist.py teacher"
                                 f"{' --smoke' if self.smoke else ''}`")
         out = self.work / f"teacher{'' if views == 1 else f'-{views}views'}.zarr"
-        mv = SETTINGS["multiview"]
-        extract(ExtractConfig(data=self.data, weights=teacher, out=out, views=views,
-                              view_scale=tuple(mv["view_scale"]), progress=False))  # resumes / reuses
+        if out not in self.extracted:
+            print(f"--- extract {out.name}", flush=True)
+            extract(ExtractConfig(data=self.data, weights=teacher, out=out, views=views,
+                                  view_scale=tuple(SETTINGS["multiview"]["view_scale"]), progress=False))
+            self.extracted.add(out)  # written, resumed or found complete: once per command is enough
         return out
 
     # ---------------------------------------------------------------- one student run, one metrics row
-    def run(self, student: str, method: str, seed: int = 0, **over) -> dict:
-        """Train (or reuse) one student and evaluate it; returns {nn, knn20, linear, ca, ...}."""
-        suffix = "".join(f"-{k}{v}" for k, v in sorted(over.items()) if k not in ("cache", "teacher_weights"))
-        name = f"{student}-{method}-s{seed}{suffix}"
+    def run(self, student: str, method: str, seed: int = 0, tag: str = "", **over) -> dict:
+        """Train (or reuse) one student and evaluate it. `tag` names the run's departure from SETTINGS["train"]
+        (given in `over`); runs without one are shared between the commands."""
+        name = f"{student}-{method}-s{seed}" + (f"-{tag}" if tag else "")
         out = self.work / "runs" / name
         hp = {**SETTINGS["train"], "student": student, "method": method, "seed": seed, "data": self.data,
               "out": out, "tensorboard": False}
         if method == "moco":
             hp["tau"] = SETTINGS["moco_tau"]
-        if "cache" not in over and method not in ("moco", "supervised"):
+        if method not in ("moco", "supervised"):
             hp["cache"] = self.cache(1)
         hp.update(over)
-        t0 = time.perf_counter()
-        if not (out / "model.pt").is_file():
+        cfg = config_from_dict(hp)
+        if (out / "model.pt").is_file():  # reuse a finished run only if it was trained with these settings
+            saved, now = json.loads((out / "config.json").read_text()), json.loads(json.dumps(asdict(cfg), default=str))
+            changed = sorted(k for k in now if k not in cfg.RESUMABLE_CHANGES and saved.get(k) != now[k])
+            if changed:
+                raise CompressError(f"{out} was trained with other settings ({', '.join(changed)}); delete it or "
+                                    f"use another --work folder")
+        else:
             print(f"--- train {name}", flush=True)
-            train(config_from_dict(hp))
-        train_s = time.perf_counter() - t0
+            train(cfg)
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         metrics = self.evaluate(name, model=out / "model.pt")
         row = {"method": method, "student": student, "seed": seed, **{k: metrics[k] for k in METRICS},
-               "run": name, "train_seconds": round(train_s, 1)}
-        print(f"    {name}: " + "  ".join(f"{k} {row[k]:.2f}" for k in METRICS), flush=True)
+               "run": name, "train_seconds": round(sum(e["seconds"] for e in log if e["event"] == "epoch"), 1),
+               "img_per_s": round(statistics.mean(e["img_per_s"] for e in log if e["event"] == "epoch"), 1)}
+        print(f"    {name}: " + "  ".join(f"{k} {row[k]:.2f}" for k in METRICS)
+              + f"  ({row['train_seconds']:.0f} s training)", flush=True)
         self.records.append(row)
         return row
 
@@ -153,7 +164,9 @@ class Study:
         out = self.work / "metrics" / f"{name}.json"
         if out.is_file():  # reuse only the numbers of this very model file
             old = json.loads(out.read_text())
-            if model is None or old["source"].get("model_sha256") == sha256_file(model):
+            same = (old["source"].get("model_sha256") == sha256_file(model) if model is not None else
+                    old["source"]["teacher"]["weights_sha256"] == sha256_file(self.teacher_file()))
+            if same:
                 return old
         e = SETTINGS["eval"]
         probe_epochs = SMOKE["probe_epochs"] if self.smoke else e["probe_epochs"]
@@ -245,21 +258,22 @@ def run_main(study: Study) -> dict:
 def run_ablations(study: Study) -> dict:
     study.prepare()
     student, ab = SETTINGS["students"][0], SETTINGS["ablations"]
-    ref = {k: v for k, v in SETTINGS["train"].items()}
+    ref = SETTINGS["train"]
     result: dict = {"student": student, "method": "compress-2q", "reference": {"tau": ref["tau"],
                                                                             "bank": ref["bank_size"]}}
 
     def one(**over) -> dict:
         return _row(study.run(student, "compress-2q", **over))
 
-    result["tau"] = {str(t): one(**({} if t == ref["tau"] else {"tau": t})) for t in ab["tau"]}
-    n_train = len(ImageStore(study.data).indices("train"))
-    result["bank"] = {str(b): one(**({} if b == ref["bank_size"] else {"bank_size": min(b, n_train)}))
+    result["tau"] = {str(t): one(**({} if t == ref["tau"] else {"tag": f"tau{t}", "tau": t})) for t in ab["tau"]}
+    n_train = len(ImageStore(study.data).indices("train"))  # a bank never holds more anchors than images
+    result["bank"] = {str(b): one(**({} if b == ref["bank_size"] else {"tag": f"bank{b}",
+                                                                       "bank_size": min(b, n_train)}))
                       for b in ab["bank"]}
     result["teacher_source"] = {
         "cached": one(),
-        "live": one(teacher_source="live", teacher_weights=study.teacher_file()),
-        "multiview": one(cache=study.cache(SETTINGS["multiview"]["views"])),
+        "live": one(tag="live", teacher_source="live", teacher_weights=study.teacher_file()),
+        "multiview": one(tag="multiview", cache=study.cache(SETTINGS["multiview"]["views"])),
     }
     result["momentum"] = {"with": one(), "without": _row(study.run(student, "compress-2q-nomomentum"))}
     return result
@@ -270,7 +284,7 @@ def main() -> None:
     parser.add_argument("command", choices=["teacher", "main", "ablations"])
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "fmnist",
                         help="data, caches, runs and metrics (default: artifacts/fmnist)")
-    parser.add_argument("--smoke", action="store_true", help="3,000 images, 1-epoch teacher; writes only to --work")
+    parser.add_argument("--smoke", action="store_true", help="1,500 images, 1-epoch teacher; writes only to --work")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     study = Study(args.work if not args.smoke or args.work != parser.get_default("work")
