@@ -41,7 +41,8 @@ def init(device: torch.device | str = "cpu", timeout_s: float = 1800) -> World:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         if device.type == "cuda":
-            torch.cuda.set_device(world.local_rank)
+            # the device decided by the stage (cuda:LOCAL_RANK unless the user named one)
+            torch.cuda.set_device(device if device.index is not None else world.local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return World(world.rank, world.world_size, world.local_rank, dist.get_backend())
 
