@@ -12,6 +12,8 @@ Medians over rounds. summary:
 Teacher ResNet-50, students ResNet-18 and MobileNetV2, all with the small-input stem at --size px.
 
     .venv/bin/python benchmarks/train_step.py [--size 32] [--batch 64] [--rounds 3] [--method compress-1q]
+    python benchmarks/train_step.py --device cuda --amp bf16 --batch 256 --steps 20 --rounds 5 \
+        --out benchmarks/results/train_step_gpu.json      # on a GPU (timed with torch.cuda.synchronize)
 """
 from __future__ import annotations
 
@@ -37,39 +39,46 @@ from pipeline.models import build_backbone  # noqa: E402
 from stages.train import TrainConfig  # noqa: E402
 
 
-def make_step(kind: str, student_arch: str, teacher, args, images, rows):
+def make_step(kind: str, student_arch: str, teacher, args, images, rows, device):
     """A closure running one training step of `kind` on batch b; every kind owns fresh, identical networks."""
-    student = build_backbone(student_arch, small_input=True, seed=0)
+    student = build_backbone(student_arch, small_input=True, seed=0).to(device)
     pre = default_preprocessing(args.size)
     hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank}  # the trainer's defaults
     data = DataInfo(num_items=len(images), train_indices=torch.arange(len(images)).numpy(), num_classes=10)
     module = student if kind == "floor" else build_method(args.method, student, teacher_dim=rows.shape[1],
                                                           data=data, hp=hp, generator=torch.Generator().manual_seed(0))
-    module.to(memory_format=torch.channels_last).train()
+    module.to(device).to(memory_format=torch.channels_last).train()
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
     opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
                           weight_decay=1e-4)
 
     def step(b: int) -> None:
-        idx = torch.arange(b * args.batch, (b + 1) * args.batch) % len(images)
-        crops = sample_crops(args.batch, torch.Generator().manual_seed(b), (args.size, args.size))
+        idx = torch.arange(b * args.batch, (b + 1) * args.batch, device=device) % len(images)
+        crops = sample_crops(args.batch, torch.Generator().manual_seed(b), (args.size, args.size)).to(device)
         x = render(images[idx], crops, args.size, pre["mean"], pre["std"]).contiguous(
             memory_format=torch.channels_last)
         if kind == "teacher":
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 F.normalize(teacher(x).float(), dim=1)
             return
-        if kind == "floor":
-            loss = student(x).float().pow(2).mean()  # trivial loss, same forward/backward
-        else:
-            if kind == "live":
-                with torch.no_grad():
-                    t = F.normalize(teacher(x).float(), dim=1)
+        with autocast():
+            if kind == "floor":
+                loss = student(x).float().pow(2).mean()  # trivial loss, same forward/backward
             else:
-                t = rows[idx].float()
-            loss, _ = module([x], t, None, idx)
+                if kind == "live":
+                    with torch.no_grad():
+                        t = F.normalize(teacher(x).float(), dim=1)
+                else:
+                    t = rows[idx].float()
+                loss, _ = module([x], t, None, idx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if kind != "floor":
             module.after_step()
     return step
@@ -85,28 +94,38 @@ def main() -> None:
     p.add_argument("--method", default="compress-1q")
     p.add_argument("--students", default="resnet18,mobilenet_v2")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/train_step.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # GPU work is asynchronous
     n = args.batch * 4
     images = torch.randint(0, 256, (n, args.size, args.size, 3), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    teacher = build_backbone("resnet50", small_input=True, seed=1).eval().to(memory_format=torch.channels_last)
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    teacher = build_backbone("resnet50", small_input=True, seed=1).eval().to(device).to(
+        memory_format=torch.channels_last)
     for q in teacher.parameters():
         q.requires_grad_(False)
-    rows = F.normalize(torch.randn(n, teacher.embed_dim, generator=torch.Generator().manual_seed(2)), dim=1).half()
+    rows = F.normalize(torch.randn(n, teacher.embed_dim, generator=torch.Generator().manual_seed(2)),
+                       dim=1).half().to(device)
     kinds = ["floor", "cached", "live", "teacher"]
     results = {}
     for arch in args.students.split(","):
-        steps = {k: make_step(k, arch, teacher, args, images, rows) for k in kinds}
-        for k in kinds:  # warm-up: allocator, oneDNN kernels
-            steps[k](0)
+        steps = {k: make_step(k, arch, teacher, args, images, rows, device) for k in kinds}
+        for k in kinds:  # warm-up: allocator, oneDNN / cuDNN kernels
+            for w in range(2):
+                steps[k](w)
+        sync()
         times = {k: [] for k in kinds}
         for r in range(args.rounds):
             for k in (kinds if r % 2 == 0 else kinds[::-1]):
+                sync()
                 t0 = time.perf_counter()
                 for s in range(args.steps):
-                    steps[k](1 + r * args.steps + s)
+                    steps[k](2 + r * args.steps + s)
+                sync()
                 times[k].append((time.perf_counter() - t0) / args.steps)
         med = {k: statistics.median(v) for k, v in times.items()}
         bound = (med["teacher"] + med["floor"]) / med["floor"]
@@ -120,10 +139,10 @@ def main() -> None:
               f"{results[arch]['cached_over_floor']:.3f}  speedup/bound {results[arch]['speedup_over_bound']:.3f}")
     payload = {"command": " ".join([".venv/bin/python", "benchmarks/train_step.py", *sys.argv[1:]]),
                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                           "device": "cpu"},
+                           "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")},
                "setup": {"teacher": "resnet50 (small-input stem)", "students": args.students, "size": args.size,
                          "batch": args.batch, "bank": args.bank, "method": args.method, "rounds": args.rounds,
-                         "steps_per_block": args.steps, "precision": "fp32, channels_last",
+                         "steps_per_block": args.steps, "precision": f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, channels_last",
                          "order": "A B C D / D C B A alternating, medians"},
                "results": results,
                "summary": {arch: {"cached_over_floor": r["cached_over_floor"],
