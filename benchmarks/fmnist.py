@@ -141,7 +141,8 @@ class Study:
             hp["cache"] = self.cache(1)
         hp.update(over)
         cfg = config_from_dict(hp)
-        if (out / "model.pt").is_file():  # reuse a finished run only if it was trained with these settings
+        reused = (out / "model.pt").is_file()
+        if reused:  # reuse a finished run only if it was trained with these settings
             saved, now = json.loads((out / "config.json").read_text()), json.loads(json.dumps(asdict(cfg), default=str))
             changed = sorted(k for k in now if k not in cfg.RESUMABLE_CHANGES and saved.get(k) != now[k])
             if changed:
@@ -154,7 +155,8 @@ class Study:
         metrics = self.evaluate(name, model=out / "model.pt")
         row = {"method": method, "student": student, "seed": seed, **{k: metrics[k] for k in METRICS},
                "run": name, "train_seconds": round(sum(e["seconds"] for e in log if e["event"] == "epoch"), 1),
-               "img_per_s": round(statistics.mean(e["img_per_s"] for e in log if e["event"] == "epoch"), 1)}
+               "img_per_s": round(statistics.mean(e["img_per_s"] for e in log if e["event"] == "epoch"), 1),
+               "reused": reused}
         print(f"    {name}: " + "  ".join(f"{k} {row[k]:.2f}" for k in METRICS)
               + f"  ({row['train_seconds']:.0f} s training)", flush=True)
         self.records.append(row)
@@ -228,8 +230,12 @@ def write(result: dict, name: str, markdown: str, study: Study) -> None:
     folder = study.work if study.smoke else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    command = result["command"]
-    (folder / f"{name}.md").write_text(f"Made by `{command}` in {result['wall_minutes']:.0f} min on "
+    command, runs = result["command"], result["runs"]
+    reused = [r for r in runs if r["reused"]]
+    note = (f" (it reused {len(reused)} of its {len(runs)} finished student runs, made earlier by the same "
+            f"command or by `main`; training all {len(runs)} took "
+            f"{sum(r['train_seconds'] for r in runs) / 60:.0f} min)" if reused else "")
+    (folder / f"{name}.md").write_text(f"Made by `{command}` in {result['wall_minutes']:.0f} min{note} on "
                                        f"{result['machine']}; accuracies in % on the 10k test images.\n\n"
                                        + markdown)
     print(markdown)
@@ -276,7 +282,7 @@ def run_ablations(study: Study) -> dict:
         "multiview": one(tag="multiview", cache=study.cache(SETTINGS["multiview"]["views"])),
     }
     result["momentum"] = {"with": one(), "without": _row(study.run(student, "compress-2q-nomomentum"))}
-    return result
+    return result | {"runs": list({r["run"]: r for r in study.records}.values())}
 
 
 def main() -> None:
