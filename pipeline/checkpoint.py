@@ -24,14 +24,17 @@ def save_checkpoint(path: str | Path, *, step: int, epoch: int, extra: dict | No
     os.replace(tmp, path)
 
 
-def restore_checkpoint(path: str | Path, map_location=None, **objects) -> dict:
+def restore_checkpoint(path: str | Path, **objects) -> dict:
     """Load every named object's state; return {"step", "epoch", "extra", "restored": [names]}.
+
+    The file is read onto the CPU: each object's `load_state_dict` copies the values to the device its own
+    tensors live on, and the RNG states must stay CPU ByteTensors (mapping them to a GPU breaks resume there).
 
     A name missing from the checkpoint, or an object whose keys differ, is an error: a partial restore would
     silently train something else.
     """
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).splitlines()[0].split(". ")[0][:120] if str(e) else ""
         raise CompressError(f"checkpoint {str(path)!r} is truncated or corrupt ({type(e).__name__}: {first}); "

@@ -258,7 +258,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     step = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = restore_checkpoint(ckpt, map_location=device, method=method, optimizer=optimizer, scaler=scaler)
+        state = restore_checkpoint(ckpt, method=method, optimizer=optimizer, scaler=scaler)
         step = state["step"]
         log.event("resume", {"step": step, "restored": state["restored"]})
 
