@@ -5,6 +5,7 @@
 #   NCCL with two processes (on one GPU when that is all there is); the train-step benchmark on the GPU.
 #
 #     bash benchmarks/gpu_check.sh [WORK_DIR] [RESULTS_DIR]       # PY=python3 to use another interpreter
+#     ONLY="prepare teacher_file extract_gpu train_fp16 kill_and_resume_fp16" SKIP_BENCH=1 bash benchmarks/gpu_check.sh
 #
 # Every check prints PASS or FAIL with its reason; the exit code is the number of FAILs.
 set -u
@@ -17,6 +18,7 @@ CC="$PY -m pipeline"
 fails=0
 check() {  # check NAME COMMAND...: runs it, logs to $W/NAME.log
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="name name ...": a subset
   local t0=$SECONDS
   if "$@" >"$W/$name.log" 2>&1; then echo "PASS $name ($((SECONDS - t0)) s)"
   else echo "FAIL $name ($((SECONDS - t0)) s): $(tail -n 3 "$W/$name.log" | tr '\n' ' ' | cut -c1-400)"; fails=$((fails + 1)); fi
