@@ -38,7 +38,11 @@ def build_classifier_net(arch: str) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """A torchvision model without its classifier: `forward(x) -> (N, embed_dim)` pooled features."""
+    """A torchvision model without its classifier: `forward(x) -> (N, embed_dim)` pooled features.
+
+    `bn_groups` (training only, not saved): BatchNorm statistics over that many equal slices of the batch, as
+    that many DDP processes without SyncBN compute them - so one process can reproduce an N-process run.
+    """
 
     def __init__(self, arch: str, net: nn.Module, embed_dim: int, small_input: bool):
         super().__init__()
@@ -46,8 +50,11 @@ class Backbone(nn.Module):
         self.small_input = small_input
         self.embed_dim = embed_dim
         self.net = net
+        self.bn_groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.bn_groups > 1:
+            return torch.cat([self.net(part) for part in x.chunk(self.bn_groups)]).flatten(1)
         return self.net(x).flatten(1)
 
     def describe(self) -> dict:

@@ -82,6 +82,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler; GPU only)
     channels_last: bool = False
+    bn_groups: int = 1  # BatchNorm over this many slices of each process's batch (1: the whole batch)
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of every epoch
     tensorboard: bool = True
     extra: dict = field(default_factory=dict)
@@ -107,14 +108,22 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Keys whose value in a run's saved config.json differs from `cfg`, ignoring the resumable ones. A key the
+    saved file lacks (a run older than the option) counts as that option's default, which is what it ran with."""
+    current = json.loads(json.dumps(asdict(cfg), default=str))
+    defaults = {f.name: f.default for f in fields(TrainConfig) if isinstance(f.default, (int, float, str, bool))}
+    return sorted(k for k in current if k not in TrainConfig.RESUMABLE_CHANGES
+                  and saved.get(k, defaults.get(k)) != current[k])
+
+
 def _check_or_write_config(cfg: TrainConfig, out: Path) -> str | None:
     """None when `out` is new or holds a run with these settings; else the message to stop with."""
     path = out / "config.json"
     current = json.loads(json.dumps(asdict(cfg), default=str))
     if path.exists():
         saved = json.loads(path.read_text())
-        changed = sorted(k for k in current if k not in TrainConfig.RESUMABLE_CHANGES
-                         and saved.get(k) != current[k])
+        changed = changed_settings(saved, cfg)
         if changed:
             diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
             return (f"{out} holds a run with other settings ({diffs}); resume with the same settings or choose "
@@ -127,6 +136,8 @@ def _check_or_write_config(cfg: TrainConfig, out: Path) -> str | None:
 def _check_settings(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.teacher_source not in ("cached", "live"):
         raise CompressError(f"unknown --teacher-source {cfg.teacher_source!r}; use cached or live")
+    if cfg.bn_groups < 1 or cfg.batch_size % cfg.bn_groups:
+        raise CompressError(f"--bn-groups {cfg.bn_groups} must be >= 1 and divide --batch-size {cfg.batch_size}")
     if cfg.amp == "fp16" and device.type != "cuda":
         raise CompressError(f"--amp fp16 needs a CUDA device (its gradient scaler), but the device is {device}; "
                             f"use --amp bf16 on the CPU")
@@ -215,6 +226,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     # ------------------------------------------------------------------ networks
     student = build_backbone(cfg.student, cfg.small_input, seed=cfg.seed)
     check_input_size(student, cfg.input_size, f"student {cfg.student}")
+    student.bn_groups = cfg.bn_groups  # set before the method copies it (momentum student)
     teacher_rows = teacher_crops = teacher_attrs = live = None
     teacher_dim = None
     if method_needs_teacher(cfg.method):

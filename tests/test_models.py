@@ -72,3 +72,18 @@ def test_narrow_resnet18_has_torchvision_names_and_scaled_widths(arch, width):
             assert p.shape[0] * 64 == q.shape[0] * width, name
     net = build_backbone(arch, small_input=True)
     assert net(torch.rand(2, 3, 16, 16)).shape == (2, 8 * width)
+
+
+def test_bn_groups_normalise_each_slice_of_the_batch_on_its_own_in_training_only():
+    net = build_backbone("resnet18", small_input=True, seed=0)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    net.train()
+    whole = net(x)
+    net.bn_groups = 2
+    grouped = net(x)
+    halves = torch.cat([net.net(x[:4]), net.net(x[4:])]).flatten(1)
+    torch.testing.assert_close(grouped, halves, atol=0, rtol=0)
+    assert not torch.allclose(grouped, whole, atol=1e-3)  # batch statistics over 4 images are not over 8
+    net.eval()
+    torch.testing.assert_close(net(x), torch.cat([net(x[:4]), net(x[4:])]), atol=1e-5, rtol=0)
+    assert "bn_groups" not in str(net.state_dict().keys())  # a training setting, not part of the model

@@ -64,6 +64,8 @@ def _default(name):
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
               help="Mixed precision: bf16 autocast (CPU/GPU) or fp16 with a scaler (GPU).")
 @click.option("--channels-last/--no-channels-last", default=None, help="Helps MobileNetV2 on CPU.")
+@click.option("--bn-groups", type=int, default=None,
+              help="BatchNorm statistics over N equal slices of the batch, as N DDP processes compute them (1).")
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints; 0 = every epoch.")
 @click.option("--tensorboard/--no-tensorboard", default=None)
 def command(milestones, **options):
