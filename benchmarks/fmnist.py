@@ -23,7 +23,6 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from pipeline.provenance import provenance, sha256_file  # noqa: E402
 from stages.evaluate import METRICS, EvaluateConfig, evaluate  # noqa: E402
 from stages.extract import ExtractConfig, extract  # noqa: E402
 from stages.prepare import PrepareConfig, prepare  # noqa: E402
-from stages.train import config_from_dict, train  # noqa: E402
+from stages.train import changed_settings, config_from_dict, train  # noqa: E402
 
 TEACHER_FILE = REPO / "benchmarks" / "fmnist_teacher.pt"
 RESULTS = REPO / "benchmarks" / "results"
@@ -143,8 +142,7 @@ class Study:
         cfg = config_from_dict(hp)
         reused = (out / "model.pt").is_file()
         if reused:  # reuse a finished run only if it was trained with these settings
-            saved, now = json.loads((out / "config.json").read_text()), json.loads(json.dumps(asdict(cfg), default=str))
-            changed = sorted(k for k in now if k not in cfg.RESUMABLE_CHANGES and saved.get(k) != now[k])
+            changed = changed_settings(json.loads((out / "config.json").read_text()), cfg)
             if changed:
                 raise CompressError(f"{out} was trained with other settings ({', '.join(changed)}); delete it or "
                                     f"use another --work folder")
