@@ -100,6 +100,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"Error: --device {args.device} but no CUDA GPU is visible; use --device cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # GPU work is asynchronous
     n = args.batch * 4
     images = torch.randint(0, 256, (n, args.size, args.size, 3), dtype=torch.uint8,
