@@ -125,7 +125,7 @@ def _check_or_write_config(cfg: TrainConfig, out: Path) -> str | None:
         saved = json.loads(path.read_text())
         changed = changed_settings(saved, cfg)
         if changed:
-            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
+            diffs = ", ".join(f"{k}: {saved.get(k, '(default)')!r} -> {current[k]!r}" for k in changed[:4])
             return (f"{out} holds a run with other settings ({diffs}); resume with the same settings or choose "
                     f"a new --out folder")
     else:
