@@ -256,13 +256,11 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     # ------------------------------------------------------------------ optimiser and schedule
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.steps:  # the schedule spans the budget; milestones and warm-up stay in epochs of len(loader) steps
-        lrs = lr_schedule(cfg.lr, 1, cfg.steps, cfg.schedule, tuple(m * len(loader) / cfg.steps
-                                                                   for m in cfg.milestones),
-                          cfg.lr_gamma, cfg.warmup_epochs * len(loader) / cfg.steps)
-    else:
-        lrs = lr_schedule(cfg.lr, cfg.epochs, len(loader), cfg.schedule, cfg.milestones, cfg.lr_gamma,
-                          cfg.warmup_epochs)
+    # with --steps the schedule spans the budget as one "epoch"; milestones and warm-up stay in real epochs
+    epochs, per_epoch = (1, cfg.steps) if cfg.steps else (cfg.epochs, len(loader))
+    scale = len(loader) / per_epoch
+    lrs = lr_schedule(cfg.lr, epochs, per_epoch, cfg.schedule, tuple(m * scale for m in cfg.milestones),
+                      cfg.lr_gamma, cfg.warmup_epochs * scale)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
