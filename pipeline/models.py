@@ -91,6 +91,11 @@ def _small_input_stem(arch: str, net: nn.Module) -> None:
         net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
         return
+    if isinstance(getattr(net, "conv1", None), nn.Sequential) and isinstance(net.conv1[0], nn.Conv2d) \
+            and hasattr(net, "maxpool"):  # shufflenet: its stem conv is already 3x3; keep it, drop the stride
+        net.conv1[0].stride = (1, 1)
+        net.maxpool = nn.Identity()
+        return
     features = getattr(net, "features", None)
     if isinstance(features, nn.Sequential):
         first = features[0]

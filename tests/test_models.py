@@ -17,11 +17,22 @@ def test_pooled_embedding_width_at_224(arch):
     assert backbone.embed_dim == WIDTHS[arch] and tuple(z.shape) == (2, WIDTHS[arch])
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "mobilenet_v2", "resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("arch", ["alexnet", "mobilenet_v2", "resnet18", "resnet34", "resnet50", "shufflenet_v2_x0_5"])
 def test_small_input_variant_at_32px(arch):
     with torch.device("meta"):
         backbone = build_backbone(arch, small_input=True)
         assert tuple(backbone(torch.empty(2, 3, 32, 32)).shape) == (2, WIDTHS[arch])
+
+
+def test_shufflenet_small_input_keeps_the_stem_conv_and_drops_its_downsampling():
+    imagenet, small = (build_backbone("shufflenet_v2_x0_5", small_input=s, seed=0) for s in (False, True))
+    assert small.net.conv1[0].stride == (1, 1) and isinstance(small.net.maxpool, torch.nn.Identity)
+    assert small.net.conv1[0].weight.shape == imagenet.net.conv1[0].weight.shape  # same layer, same names
+    # 8 px: the small-input stem keeps 4x4 maps into stage 3, the ImageNet stem leaves 1x1
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert small.net.stage2(small.net.maxpool(small.net.conv1(x))).shape[-1] == 4
+        assert imagenet.net.stage2(imagenet.net.maxpool(imagenet.net.conv1(x))).shape[-1] == 1
 
 
 def test_small_input_real_forward():
