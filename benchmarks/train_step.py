@@ -9,9 +9,11 @@ Medians over rounds. summary:
   cached_over_floor   cached / floor step time (goal <= 1.05)
   speedup_over_bound  (live / cached) / ((teacher + floor) / floor): the measured gain of caching relative to
                       the gain a perfect cache would give (goal >= 0.9)
-Teacher ResNet-50, students ResNet-18 and MobileNetV2, all with the small-input stem at --size px.
+Teacher ResNet-50, students ResNet-18 and MobileNetV2, all with the small-input stem at --size px, or with
+torchvision's ImageNet stem under --imagenet-stem (the paper's geometry at --size 224).
 
     .venv/bin/python benchmarks/train_step.py [--size 32] [--batch 64] [--rounds 3] [--method compress-1q]
+    .venv/bin/python benchmarks/train_step.py --size 224 --imagenet-stem --batch 32 --rounds 5 --steps 2
     python benchmarks/train_step.py --device cuda --amp bf16 --batch 256 --steps 20 --rounds 5 \
         --out benchmarks/results/train_step_gpu.json      # on a GPU (timed with torch.cuda.synchronize)
 """
@@ -41,7 +43,7 @@ from stages.train import TrainConfig  # noqa: E402
 
 def make_step(kind: str, student_arch: str, teacher, args, images, rows, device):
     """A closure running one training step of `kind` on batch b; every kind owns fresh, identical networks."""
-    student = build_backbone(student_arch, small_input=True, seed=0).to(device)
+    student = build_backbone(student_arch, small_input=not args.imagenet_stem, seed=0).to(device)
     pre = default_preprocessing(args.size)
     hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank}  # the trainer's defaults
     data = DataInfo(num_items=len(images), train_indices=torch.arange(len(images)).numpy(), num_classes=10)
@@ -87,6 +89,8 @@ def make_step(kind: str, student_arch: str, teacher, args, images, rows, device)
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--imagenet-stem", action="store_true", help="torchvision's stem (for 224 px) instead of the "
+                   "small-input one")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--bank", type=int, default=4096)
     p.add_argument("--steps", type=int, default=2, help="Steps per timed block.")
@@ -106,7 +110,7 @@ def main() -> None:
     n = args.batch * 4
     images = torch.randint(0, 256, (n, args.size, args.size, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
-    teacher = build_backbone("resnet50", small_input=True, seed=1).eval().to(device).to(
+    teacher = build_backbone("resnet50", small_input=not args.imagenet_stem, seed=1).eval().to(device).to(
         memory_format=torch.channels_last)
     for q in teacher.parameters():
         q.requires_grad_(False)
@@ -139,10 +143,11 @@ def main() -> None:
         print(f"{arch:14s} floor {med['floor']*1e3:7.1f} ms  cached {med['cached']*1e3:7.1f}  live "
               f"{med['live']*1e3:7.1f}  teacher fwd {med['teacher']*1e3:7.1f}  cached/floor "
               f"{results[arch]['cached_over_floor']:.3f}  speedup/bound {results[arch]['speedup_over_bound']:.3f}")
+    stem = "ImageNet" if args.imagenet_stem else "small-input"
     payload = {"command": " ".join([".venv/bin/python", "benchmarks/train_step.py", *sys.argv[1:]]),
                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
                            "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")},
-               "setup": {"teacher": "resnet50 (small-input stem)", "students": args.students, "size": args.size,
+               "setup": {"teacher": f"resnet50 ({stem} stem)", "stem": stem, "students": args.students, "size": args.size,
                          "batch": args.batch, "bank": args.bank, "method": args.method, "rounds": args.rounds,
                          "steps_per_block": args.steps, "precision": f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, channels_last",
                          "order": "A B C D / D C B A alternating, medians"},
