@@ -15,14 +15,18 @@ import numpy as np  # noqa: E402
 GREEN, RED, GREY = "#1a9850", "#d73027", "#4d4d4d"
 
 
-def _show(ax, image: np.ndarray, colour: str) -> None:
-    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
-              vmin=0, vmax=255, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(3)
+def _rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+
+
+def _tile(image: np.ndarray, scale: int, colour: str, border: int) -> np.ndarray:
+    """The image (H, W, C) uint8 enlarged `scale` times (nearest), RGB, framed by `border` px of `colour`."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    big = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+    framed = np.empty((big.shape[0] + 2 * border, big.shape[1] + 2 * border, 3), dtype=np.uint8)
+    framed[:] = _rgb(colour)
+    framed[border:-border, border:-border] = big
+    return framed
 
 
 def retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours_a: np.ndarray,
@@ -31,23 +35,30 @@ def retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, 
     """One row per query: the query, its top-k under model A, a gap, its top-k under model B.
 
     `images` (N, H, W, C) uint8 and `labels` (N,) are indexed by the global row numbers held in `queries` (Q,)
-    and `neighbours_*` (Q, k). A neighbour's border is green when its label is the query's, red otherwise.
+    and `neighbours_*` (Q, k). A neighbour's frame is green when its label is the query's, red otherwise.
+    The tiles are composed into one picture drawn on one axes: a hundred small axes took seconds per figure.
     """
     queries = np.asarray(queries)
     k = neighbours_a.shape[1]
-    cols = 2 * k + 2
-    fig, axes = plt.subplots(len(queries), cols, figsize=(cols * 0.9, len(queries) * 0.95 + 0.4), squeeze=False)
+    scale, border, gap = max(1, 32 // images.shape[1]), 2, 3
+    th, tw = images.shape[1] * scale + 2 * border, images.shape[2] * scale + 2 * border  # one framed tile
+    col_x = [0] + [(1 + j) * (tw + gap) + tw // 2 for j in range(k)] + [(1 + k + j) * (tw + gap) + tw for j in range(k)]
+    canvas = np.full((len(queries) * (th + gap) - gap, col_x[-1] + tw, 3), 255, dtype=np.uint8)
     for r, q in enumerate(queries):
-        _show(axes[r, 0], images[q], GREY)
-        axes[r, 0].set_ylabel(class_names[labels[q]] if class_names else str(labels[q]), fontsize=7)
-        axes[r, 1].axis("off")
-        for j in range(k):
-            for offset, neighbours in ((2, neighbours_a), (k + 2, neighbours_b)):
-                n = neighbours[r, j]
-                _show(axes[r, offset + j], images[n], GREEN if labels[n] == labels[q] else RED)
-    axes[0, 0].set_title("query", fontsize=8)
-    axes[0, 2].set_title(f"{names[0]} top-{k}", fontsize=8, loc="left")
-    axes[0, k + 2].set_title(f"{names[1]} top-{k}", fontsize=8, loc="left")
+        y = r * (th + gap)
+        row = [(images[q], GREY)] + [(images[n], GREEN if labels[n] == labels[q] else RED)
+                                     for n in (*neighbours_a[r], *neighbours_b[r])]
+        for x, (image, colour) in zip(col_x, row):
+            canvas[y:y + th, x:x + tw] = _tile(image, scale, colour, border)
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.6, canvas.shape[0] / 40 + 0.5))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (th + gap) + th / 2 for r in range(len(queries))],
+                  [class_names[labels[q]] if class_names else str(labels[q]) for q in queries], fontsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    for x, title in ((col_x[0], "query"), (col_x[1], f"{names[0]} top-{k}"), (col_x[k + 1], f"{names[1]} top-{k}")):
+        ax.text(x, -4, title, fontsize=8, va="bottom")
     return _save(fig, out)
 
 
