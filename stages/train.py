@@ -95,7 +95,8 @@ class TrainConfig:
 # settings (K 128,000, tau 0.04, m 0.999, SGD 0.01/0.9/1e-4, 130 epochs, x0.2 at 90 and 120, batch 256, 224 px).
 PRESETS = {
     "paper-imagenet": {},
-    # the digits / Fashion-MNIST demo: a few thousand images at 16-32 px, minutes on 2 CPU cores
+    # a starting point for a few thousand images at 16-32 px, minutes on 2 CPU cores (the demo and the
+    # Fashion-MNIST study set every option explicitly instead)
     "small": {"epochs": 30, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "bank_size": 4096,
               "input_size": 32, "crd_negatives": 1024, "warmup_epochs": 1.0},
     # the unit tests and benchmarks: seconds

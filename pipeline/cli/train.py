@@ -27,7 +27,7 @@ def _default(name):
 @click.option("--method", type=click.Choice(list(METHODS)), default=_default("method"), show_default=True)
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="Starting values for the settings below (explicit options win): paper-imagenet (the "
-                   "defaults), small (the digits/Fashion-MNIST demo), tiny (tests, seconds).")
+                   "defaults), small (a few thousand small images), tiny (tests, seconds).")
 @click.option("--teacher-source", type=click.Choice(["cached", "live"]), default=None,
               help="cached (default): teacher embeddings are rows of --cache. live: run the frozen teacher "
                    "of --teacher-weights on every step's crops (slower; the paper's setting).")
