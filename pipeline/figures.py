@@ -29,31 +29,40 @@ def _tile(image: np.ndarray, scale: int, colour: str, border: int) -> np.ndarray
     return framed
 
 
-def retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours_a: np.ndarray,
-                   neighbours_b: np.ndarray, out: str | Path, names: tuple[str, str] = ("teacher", "student"),
-                   class_names: list[str] | None = None) -> Path:
-    """One row per query: the query, its top-k under model A, a gap, its top-k under model B.
-
-    `images` (N, H, W, C) uint8 and `labels` (N,) are indexed by the global row numbers held in `queries` (Q,)
-    and `neighbours_*` (Q, k). A neighbour's frame is green when its label is the query's, red otherwise.
-    The tiles are composed into one picture drawn on one axes: a hundred small axes took seconds per figure.
-    """
-    queries = np.asarray(queries)
+def compose_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours_a: np.ndarray,
+                 neighbours_b: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+    """(canvas (rows, cols, 3) uint8, x of every column's tile, height of one row): one row per query - the
+    query framed grey, half a tile of space, its top-k under A, a whole tile of space, its top-k under B - each
+    neighbour framed green when its label is the query's, red otherwise."""
     k = neighbours_a.shape[1]
     scale, border, gap = max(1, 32 // images.shape[1]), 2, 3
     th, tw = images.shape[1] * scale + 2 * border, images.shape[2] * scale + 2 * border  # one framed tile
-    col_x = [0] + [(1 + j) * (tw + gap) + tw // 2 for j in range(k)] + [(1 + k + j) * (tw + gap) + tw for j in range(k)]
+    step = tw + gap
+    col_x = [0] + [step * (1 + j) + tw // 2 for j in range(k)] + [step * (1 + k + j) + tw for j in range(k)]
     canvas = np.full((len(queries) * (th + gap) - gap, col_x[-1] + tw, 3), 255, dtype=np.uint8)
     for r, q in enumerate(queries):
-        y = r * (th + gap)
         row = [(images[q], GREY)] + [(images[n], GREEN if labels[n] == labels[q] else RED)
                                      for n in (*neighbours_a[r], *neighbours_b[r])]
         for x, (image, colour) in zip(col_x, row):
-            canvas[y:y + th, x:x + tw] = _tile(image, scale, colour, border)
+            canvas[r * (th + gap):r * (th + gap) + th, x:x + tw] = _tile(image, scale, colour, border)
+    return canvas, col_x, th + gap
+
+
+def retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours_a: np.ndarray,
+                   neighbours_b: np.ndarray, out: str | Path, names: tuple[str, str] = ("teacher", "student"),
+                   class_names: list[str] | None = None) -> Path:
+    """The picture of compose_grid, rows labelled with the query's class, columns titled.
+
+    `images` (N, H, W, C) uint8 and `labels` (N,) are indexed by the global row numbers held in `queries` (Q,)
+    and `neighbours_*` (Q, k). One axes shows the composed canvas: a hundred small axes took seconds per figure.
+    """
+    queries = np.asarray(queries)
+    k = neighbours_a.shape[1]
+    canvas, col_x, row_h = compose_grid(images, labels, queries, neighbours_a, neighbours_b)
     fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.6, canvas.shape[0] / 40 + 0.5))
     ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([])
-    ax.set_yticks([r * (th + gap) + th / 2 for r in range(len(queries))],
+    ax.set_yticks([r * row_h + row_h / 2 for r in range(len(queries))],
                   [class_names[labels[q]] if class_names else str(labels[q]) for q in queries], fontsize=7)
     for spine in ax.spines.values():
         spine.set_visible(False)

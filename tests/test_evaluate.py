@@ -106,6 +106,18 @@ def test_figures_and_report(store, tmp_path):
     assert "| s | student |" in (metrics / "summary.md").read_text()
 
 
+def test_retrieval_grid_frames_each_neighbour_by_whether_its_label_matches_the_query():
+    from pipeline.figures import GREEN, GREY, RED, _rgb, compose_grid
+    images = np.stack([np.full((8, 8, 1), 10 * i, dtype=np.uint8) for i in range(6)])
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    # query 0 (label 0): A's neighbours 1 (same label) and 2 (other), B's neighbours 3 (other) and 4 (same)
+    canvas, col_x, _ = compose_grid(images, labels, np.array([0]), np.array([[1, 2]]), np.array([[3, 4]]))
+    frames = [tuple(canvas[0, x]) for x in col_x]  # the top-left pixel of each tile is its frame
+    assert frames == [tuple(_rgb(c)) for c in (GREY, GREEN, RED, RED, GREEN)]
+    inside = [int(canvas[10, x + 10, 0]) for x in col_x]  # 8 px digits are drawn 4x, inside the 2 px frame
+    assert inside == [0, 10, 20, 30, 40]
+
+
 def test_cli_help_and_one_line_errors(store, tmp_path):
     runner = CliRunner()
     for sub in ("eval", "report"):
