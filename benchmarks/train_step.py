@@ -1,12 +1,15 @@
 """Benchmark of stage `train`: what does caching the teacher buy per step, and how close is it to the floor?
 
-One run, same data and same batches for every variant, alternating the order each round (A B C D, D C B A, ...):
-  floor    student-only step: render the crops, student forward, a trivial loss, backward, SGD step
+One run, same data and same batches for every variant, alternating the order each round (A B C D E, E D C B A, ...):
+  floor    student-only step: render the crops, the student's forward as the method trains it (backbone plus
+           the training-only head of compress-1q), a trivial loss, backward, SGD step
+  backbone_floor  the same without any head: the backbone alone (this benchmark's floor until 2026-11-26)
   cached   the trainer's step with teacher embeddings indexed from a cache in RAM (the default)
   live     the same step with the frozen teacher run on the same crops first (--teacher-source live)
   teacher  the teacher's forward alone on those crops (no_grad, eval mode)
 Medians over rounds. summary:
   cached_over_floor   cached / floor step time (goal <= 1.05)
+  cached_over_backbone_floor  cached / backbone_floor: what the method costs over the bare backbone (1q's head too)
   speedup_over_bound  (live / cached) / ((teacher + floor) / floor): the measured gain of caching relative to
                       the gain a perfect cache would give (goal >= 0.9)
 Teacher ResNet-50, students ResNet-18 and MobileNetV2, all with the small-input stem at --size px, or with
@@ -47,8 +50,9 @@ def make_step(kind: str, student_arch: str, teacher, args, images, rows, device)
     pre = default_preprocessing(args.size)
     hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank}  # the trainer's defaults
     data = DataInfo(num_items=len(images), train_indices=torch.arange(len(images)).numpy(), num_classes=10)
-    module = student if kind == "floor" else build_method(args.method, student, teacher_dim=rows.shape[1],
-                                                          data=data, hp=hp, generator=torch.Generator().manual_seed(0))
+    module = student if kind == "backbone_floor" else build_method(
+        args.method, student, teacher_dim=rows.shape[1], data=data, hp=hp, generator=torch.Generator().manual_seed(0))
+    head = getattr(module, "head", None) if kind == "floor" else None  # compress-1q's Linear(Ds -> Dt)
     module.to(device).to(memory_format=torch.channels_last).train()
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -68,8 +72,9 @@ def make_step(kind: str, student_arch: str, teacher, args, images, rows, device)
                 F.normalize(teacher(x).float(), dim=1)
             return
         with autocast():
-            if kind == "floor":
-                loss = student(x).float().pow(2).mean()  # trivial loss, same forward/backward
+            if kind in ("floor", "backbone_floor"):
+                z = student(x)
+                loss = (head(z) if head is not None else z).float().pow(2).mean()  # trivial loss
             else:
                 if kind == "live":
                     with torch.no_grad():
@@ -81,7 +86,7 @@ def make_step(kind: str, student_arch: str, teacher, args, images, rows, device)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        if kind != "floor":
+        if kind in ("cached", "live"):
             module.after_step()
     return step
 
@@ -116,7 +121,7 @@ def main() -> None:
         q.requires_grad_(False)
     rows = F.normalize(torch.randn(n, teacher.embed_dim, generator=torch.Generator().manual_seed(2)),
                        dim=1).half().to(device)
-    kinds = ["floor", "cached", "live", "teacher"]
+    kinds = ["floor", "cached", "live", "teacher", "backbone_floor"]
     results = {}
     for arch in args.students.split(","):
         steps = {k: make_step(k, arch, teacher, args, images, rows, device) for k in kinds}
@@ -138,11 +143,12 @@ def main() -> None:
         results[arch] = {"seconds_per_step": med, "all_seconds": times,
                          "img_per_s": {k: args.batch / v for k, v in med.items()},
                          "cached_over_floor": med["cached"] / med["floor"],
+                         "cached_over_backbone_floor": med["cached"] / med["backbone_floor"],
                          "live_over_cached": med["live"] / med["cached"], "bound": bound,
                          "speedup_over_bound": (med["live"] / med["cached"]) / bound}
         print(f"{arch:14s} floor {med['floor']*1e3:7.1f} ms  cached {med['cached']*1e3:7.1f}  live "
               f"{med['live']*1e3:7.1f}  teacher fwd {med['teacher']*1e3:7.1f}  cached/floor "
-              f"{results[arch]['cached_over_floor']:.3f}  speedup/bound {results[arch]['speedup_over_bound']:.3f}")
+              f"{results[arch]['cached_over_floor']:.3f} (backbone only {results[arch]['cached_over_backbone_floor']:.3f})  speedup/bound {results[arch]['speedup_over_bound']:.3f}")
     stem = "ImageNet" if args.imagenet_stem else "small-input"
     payload = {"command": " ".join([".venv/bin/python", "benchmarks/train_step.py", *sys.argv[1:]]),
                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
@@ -150,10 +156,12 @@ def main() -> None:
                "setup": {"teacher": f"resnet50 ({stem} stem)", "stem": stem, "students": args.students, "size": args.size,
                          "batch": args.batch, "bank": args.bank, "method": args.method, "rounds": args.rounds,
                          "steps_per_block": args.steps, "precision": f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, channels_last",
-                         "order": "A B C D / D C B A alternating, medians"},
+                         "order": "A B C D E / E D C B A alternating, medians"},
                "results": results,
                "summary": {arch: {"cached_over_floor": r["cached_over_floor"],
-                                  "speedup_over_bound": r["speedup_over_bound"]} for arch, r in results.items()}}
+                                  "speedup_over_bound": r["speedup_over_bound"],
+                                  "cached_over_backbone_floor": r["cached_over_backbone_floor"]}
+                           for arch, r in results.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"written {args.out}")
