@@ -155,14 +155,18 @@ def main() -> None:
                          "speedup_over_bound": (med["live"] / med["cached"]) / bound}
         print(f"{arch:14s} floor {med['floor']*1e3:7.1f} ms  cached {med['cached']*1e3:7.1f}  live "
               f"{med['live']*1e3:7.1f}  teacher fwd {med['teacher']*1e3:7.1f}  cached/floor "
-              f"{results[arch]['cached_over_floor']:.3f} (backbone only {results[arch]['cached_over_backbone_floor']:.3f})  speedup/bound {results[arch]['speedup_over_bound']:.3f}")
+              f"{results[arch]['cached_over_floor']:.3f} (backbone only "
+              f"{results[arch]['cached_over_backbone_floor']:.3f})  speedup/bound "
+              f"{results[arch]['speedup_over_bound']:.3f}")
     stem = "ImageNet" if args.imagenet_stem else "small-input"
+    precision = "fp32" if args.amp == "none" else f"{args.amp} autocast"
     payload = {"command": " ".join([".venv/bin/python", "benchmarks/train_step.py", *sys.argv[1:]]),
                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
                            "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")},
-               "setup": {"teacher": f"resnet50 ({stem} stem)", "stem": stem, "students": args.students, "size": args.size,
-                         "batch": args.batch, "bank": args.bank, "method": args.method, "rounds": args.rounds, "extra_rounds": args.extra_rounds,
-                         "steps_per_block": args.steps, "precision": f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, channels_last",
+               "setup": {"teacher": f"resnet50 ({stem} stem)", "stem": stem, "students": args.students,
+                         "size": args.size, "batch": args.batch, "bank": args.bank, "method": args.method,
+                         "rounds": args.rounds, "extra_rounds": args.extra_rounds,
+                         "steps_per_block": args.steps, "precision": f"{precision}, channels_last",
                          "order": "A B C D E / E D C B A alternating, medians"},
                "results": results,
                "summary": {arch: {"cached_over_floor": r["cached_over_floor"],
