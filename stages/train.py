@@ -61,6 +61,7 @@ class TrainConfig:
     tau: float = 0.04
     ema: float = 0.999
     moco_dim: int = 128
+    exclude_own_keys: bool = False  # MoCo: mask the query's own image among the queued negatives
     # baselines (defaults: the papers'; see pipeline/methods/*.py)
     crd_dim: int = 128
     crd_negatives: int = 16_384

@@ -25,6 +25,9 @@ from stages.train import config_from_dict
 @click.option("--bank-size", type=int, default=4096, show_default=True, help="MoCo queue length.")
 @click.option("--tau", type=float, default=0.2, show_default=True, help="InfoNCE temperature (MoCo v2: 0.2).")
 @click.option("--ema", type=float, default=0.99, show_default=True, help="Key-encoder momentum.")
+@click.option("--exclude-own-keys/--keep-own-keys", default=False, show_default=True,
+              help="Drop negatives that are the query's own image, still queued from an earlier epoch "
+                   "(small data).")
 @click.option("--crop-scale-min", type=float, default=0.2, show_default=True)
 @click.option("--hflip/--no-hflip", default=True, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -36,7 +39,8 @@ def command(data, out, weights, weights_format, input_size, crop_fraction, arch,
 
     \b
     Examples:
-      compress-cache teacher --data data/digits --out artifacts/teacher --epochs 60 --input-size 16
+      compress-cache teacher --data data/digits --out artifacts/teacher --arch resnet18_w32 \\
+          --input-size 8 --epochs 30 --batch-size 64 --bank-size 256 --no-hflip
       compress-cache teacher --data data/in1k --out artifacts/r50 --weights moco_v2_800ep.pth.tar
     """
     weights = Path(weights) if weights else None

@@ -48,6 +48,9 @@ def _default(name):
 @click.option("--bank-size", type=int, default=None, help="Anchors K in the queue(s). Paper: 128000.")
 @click.option("--tau", type=float, default=None, help="Temperature. Paper: 0.04 (CompRess), 0.2 (MoCo v2).")
 @click.option("--ema", type=float, default=None, help="Momentum of the EMA student / key encoder. Paper: 0.999.")
+@click.option("--exclude-own-keys/--keep-own-keys", default=None,
+              help="MoCo: drop negatives that are the query's own image, still queued from an earlier epoch "
+                   "(for small data; default keep, as MoCo does).")
 @click.option("--crd-dim", type=int, default=None, help="CRD: width of both linear embeddings (128).")
 @click.option("--crd-negatives", type=int, default=None, help="CRD: negatives drawn from memory per step (16384).")
 @click.option("--crd-tau", type=float, default=None, help="CRD: temperature (0.07).")

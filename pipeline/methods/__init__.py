@@ -69,6 +69,6 @@ def build_method(name: str, student: nn.Module, *, teacher_dim: int | None, data
     if name == "moco":
         from pipeline.methods.moco import MoCo
         return MoCo(student, dim=hp["moco_dim"], K=hp["bank_size"], tau=hp["tau"], m=hp["ema"],
-                    generator=generator)
+                    generator=generator, exclude_own_keys=hp["exclude_own_keys"])
     from pipeline.methods.supervised import Supervised
     return Supervised(student, data.num_classes)

@@ -7,6 +7,9 @@ dim  width of the MLP projection head (128); training only, dropped at export
 K    queue length (65,536 on ImageNet)
 tau  InfoNCE temperature (0.2 for v2)
 m    momentum of the key encoder (0.999)
+exclude_own_keys  drop the negatives that are the query's own image: its key from an earlier epoch still in the
+     queue. Off by default, as in MoCo: on ImageNet a queue holds 5 % of the images; on a small dataset it can
+     hold most of them, and the query is then pushed away from itself.
 """
 from __future__ import annotations
 
@@ -23,16 +26,18 @@ class MoCo(nn.Module):
     needs_teacher, needs_labels, views = False, False, 2
 
     def __init__(self, student: nn.Module, dim: int = 128, K: int = 65_536, tau: float = 0.2, m: float = 0.999,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, exclude_own_keys: bool = False):
         super().__init__()
-        self.tau, self.m = tau, m
+        self.tau, self.m, self.exclude_own_keys = tau, m, exclude_own_keys
         self.student = student
         d = student.embed_dim
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, dim))
         self.momentum_student = momentum_copy(student)
         self.momentum_head = momentum_copy(self.head)
-        self.bank = AnchorBank(K, {"keys": dim}, generator)
-        self._keys = None
+        self.bank = AnchorBank(K, {"keys": dim, **({"ids": 1} if exclude_own_keys else {})}, generator)
+        if exclude_own_keys:
+            self.bank.queue_ids.fill_(-1)  # the initial noise rows belong to no image
+        self._pending: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,12 +52,17 @@ class MoCo(nn.Module):
     def forward(self, views: list[torch.Tensor], t=None, y=None, idx=None) -> tuple[torch.Tensor, dict]:
         q = self.head(self.student(views[0]))  # B x dim
         k = self._encode_keys(views[1])  # B x dim, no gradient
-        loss = infonce(q, k, self.bank.read("keys"), self.tau)
-        self._keys = k
+        exclude = None
+        self._pending = {"keys": k}
+        if self.exclude_own_keys:
+            ids = idx.to(torch.float32).unsqueeze(1)  # image ids are exact in float32 below 2**24
+            exclude = ids == self.bank.read("ids").t()  # B x K
+            self._pending["ids"] = ids
+        loss = infonce(q, k, self.bank.read("keys"), self.tau, exclude)
         return loss, {}
 
     @torch.no_grad()
     def after_step(self) -> None:
-        self.bank.enqueue(keys=self._keys)
+        self.bank.enqueue(**self._pending)
         momentum_update(self.student, self.momentum_student, self.m)
         momentum_update(self.head, self.momentum_head, self.m)
