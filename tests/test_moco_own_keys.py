@@ -1,9 +1,20 @@
 """MoCo's optional mask of the query's own image among the queued negatives (--exclude-own-keys)."""
+import pytest
 import torch
 
 import pipeline.methods.moco as moco_module
 from pipeline.methods.moco import MoCo
 from pipeline.models import build_backbone
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The `exclude` mask of every InfoNCE call MoCo makes, in order."""
+    masks = []
+    real = moco_module.infonce
+    monkeypatch.setattr(moco_module, "infonce", lambda q, k, neg, tau, exclude=None: (
+        masks.append(exclude), real(q, k, neg, tau, exclude))[1])
+    return masks
 
 
 def _moco(exclude: bool) -> MoCo:
@@ -19,11 +30,7 @@ def _step(model, idx, seen):
     return seen[-1]
 
 
-def test_own_earlier_keys_are_masked_and_nothing_else(monkeypatch):
-    seen = []
-    real = moco_module.infonce
-    monkeypatch.setattr(moco_module, "infonce", lambda q, k, neg, tau, exclude=None: (
-        seen.append(exclude), real(q, k, neg, tau, exclude))[1])
+def test_own_earlier_keys_are_masked_and_nothing_else(seen):
     model = _moco(exclude=True)
     assert _step(model, list(range(8)), seen).sum() == 0  # the queue holds only initial noise (id -1)
     exclude = _step(model, list(range(4, 12)), seen)  # slots 0-7 now hold images 0-7
@@ -37,11 +44,7 @@ def test_own_earlier_keys_are_masked_and_nothing_else(monkeypatch):
     assert torch.equal(exclude, expected)
 
 
-def test_off_by_default_keeps_the_bank_and_checkpoint_layout(monkeypatch):
-    seen = []
-    real = moco_module.infonce
-    monkeypatch.setattr(moco_module, "infonce", lambda q, k, neg, tau, exclude=None: (
-        seen.append(exclude), real(q, k, neg, tau, exclude))[1])
+def test_off_by_default_keeps_the_bank_and_checkpoint_layout(seen):
     model = _moco(exclude=False)
     assert _step(model, list(range(8)), seen) is None and _step(model, list(range(4, 12)), seen) is None
     assert sorted(k for k in model.state_dict() if k.startswith("bank.")) == ["bank.ptr", "bank.queue_keys"]
