@@ -23,6 +23,8 @@ METHODS = {"compress-2q": True, "compress-1q": True, "compress-2q-nomomentum": T
            "moco": False, "supervised": False}
 # methods that need every training row of the cached teacher up front (k-means), so no live teacher
 NEEDS_CACHE = {"cc"}
+# --amp -> storage dtype of the anchor queues (read only by matrix products, which autocast runs in this dtype)
+QUEUE_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -45,10 +47,11 @@ def build_method(name: str, student: nn.Module, *, teacher_dim: int | None, data
                  generator=None) -> nn.Module:
     """hp: the method's hyper-parameters from the training config (bank_size, tau, ema, crd_*, seed_*, ...)."""
     method_needs_teacher(name)
+    queue_dtype = QUEUE_DTYPES[hp.get("amp", "none")]
     if name.startswith("compress-"):
         from pipeline.methods.compress import CompRess
         return CompRess(student, teacher_dim, variant=name.removeprefix("compress-"), K=hp["bank_size"],
-                        tau=hp["tau"], m=hp["ema"], generator=generator)
+                        tau=hp["tau"], m=hp["ema"], generator=generator, queue_dtype=queue_dtype)
     if name in ("reg", "reg-bn"):
         from pipeline.methods.regression import Regression
         return Regression(student, teacher_dim, bn=name == "reg-bn")
@@ -65,10 +68,10 @@ def build_method(name: str, student: nn.Module, *, teacher_dim: int | None, data
     if name == "seed":
         from pipeline.methods.seed import SEED
         return SEED(student, teacher_dim, K=hp["bank_size"], tau_s=hp["seed_tau_student"],
-                    tau_t=hp["seed_tau_teacher"], generator=generator)
+                    tau_t=hp["seed_tau_teacher"], generator=generator, queue_dtype=queue_dtype)
     if name == "moco":
         from pipeline.methods.moco import MoCo
         return MoCo(student, dim=hp["moco_dim"], K=hp["bank_size"], tau=hp["tau"], m=hp["ema"],
-                    generator=generator, exclude_own_keys=hp["exclude_own_keys"])
+                    generator=generator, exclude_own_keys=hp["exclude_own_keys"], queue_dtype=queue_dtype)
     from pipeline.methods.supervised import Supervised
     return Supervised(student, data.num_classes)

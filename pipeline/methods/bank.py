@@ -20,15 +20,22 @@ class AnchorBank(nn.Module):
 
     K: number of anchors (paper: 128,000). dims: queue name -> embedding width.
     Queues start as uniform noise in +-1/sqrt(D/3) (rows of about unit norm, not normalised), as in the paper.
+    dtypes: queue name -> storage dtype (float32 when absent). A queue that is only ever read by matrix products
+    under bf16/fp16 autocast can be stored in that dtype: autocast would cast a float32 queue to it before every
+    product, so the product sees bitwise the same values, and the bank takes half the memory and no per-step
+    cast (benchmarks/compress_loss.py). Rows are drawn and computed in float32 and rounded when stored.
     """
 
-    def __init__(self, K: int, dims: dict[str, int], generator: torch.Generator | None = None):
+    def __init__(self, K: int, dims: dict[str, int], generator: torch.Generator | None = None,
+                 dtypes: dict[str, torch.dtype] | None = None):
         super().__init__()
         self.K = K
         self.names = tuple(dims)
+        dtypes = dtypes or {}
         for name, d in dims.items():
             bound = 1.0 / math.sqrt(d / 3)
-            self.register_buffer(f"queue_{name}", (torch.rand(K, d, generator=generator) * 2 - 1) * bound)
+            noise = (torch.rand(K, d, generator=generator) * 2 - 1) * bound
+            self.register_buffer(f"queue_{name}", noise.to(dtypes.get(name, torch.float32)))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     def read(self, name: str) -> torch.Tensor:

@@ -28,12 +28,14 @@ class CompRess(nn.Module):
     K    number of anchors in the bank (paper 128,000)
     tau  temperature of both softmaxes (paper 0.04)
     m    EMA momentum of the momentum student (paper 0.999), 2q only
+    queue_dtype  storage of the queues: the autocast dtype when training under autocast (see AnchorBank)
     """
 
     needs_teacher, needs_labels, views = True, False, 1
 
     def __init__(self, student: nn.Module, teacher_dim: int, variant: str = "2q", K: int = 128_000,
-                 tau: float = 0.04, m: float = 0.999, generator: torch.Generator | None = None):
+                 tau: float = 0.04, m: float = 0.999, generator: torch.Generator | None = None,
+                 queue_dtype: torch.dtype = torch.float32):
         super().__init__()
         assert variant in VARIANTS, f"unknown CompRess variant {variant!r}"
         self.variant, self.tau, self.m = variant, tau, m
@@ -41,9 +43,10 @@ class CompRess(nn.Module):
         ds = student.embed_dim
         if variant == "1q":
             self.head = nn.Linear(ds, teacher_dim)  # with bias, no BN/ReLU
-            self.bank = AnchorBank(K, {"teacher": teacher_dim}, generator)
+            self.bank = AnchorBank(K, {"teacher": teacher_dim}, generator, {"teacher": queue_dtype})
         else:
-            self.bank = AnchorBank(K, {"teacher": teacher_dim, "student": ds}, generator)
+            self.bank = AnchorBank(K, {"teacher": teacher_dim, "student": ds}, generator,
+                                   {"teacher": queue_dtype, "student": queue_dtype})
         if variant == "2q":
             self.momentum_student = momentum_copy(student)
         self._pending: dict[str, torch.Tensor] = {}

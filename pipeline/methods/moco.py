@@ -10,6 +10,8 @@ m    momentum of the key encoder (0.999)
 exclude_own_keys  drop the negatives that are the query's own image: its key from an earlier epoch still in the
      queue. Off by default, as in MoCo: on ImageNet a queue holds 5 % of the images; on a small dataset it can
      hold most of them, and the query is then pushed away from itself.
+queue_dtype  storage of the key queue: the autocast dtype when training under autocast (see AnchorBank); the
+     image ids beside it stay float32, where they are exact
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ class MoCo(nn.Module):
     needs_teacher, needs_labels, views = False, False, 2
 
     def __init__(self, student: nn.Module, dim: int = 128, K: int = 65_536, tau: float = 0.2, m: float = 0.999,
-                 generator: torch.Generator | None = None, exclude_own_keys: bool = False):
+                 generator: torch.Generator | None = None, exclude_own_keys: bool = False,
+                 queue_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.tau, self.m, self.exclude_own_keys = tau, m, exclude_own_keys
         self.student = student
@@ -34,7 +37,8 @@ class MoCo(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, dim))
         self.momentum_student = momentum_copy(student)
         self.momentum_head = momentum_copy(self.head)
-        self.bank = AnchorBank(K, {"keys": dim, **({"ids": 1} if exclude_own_keys else {})}, generator)
+        self.bank = AnchorBank(K, {"keys": dim, **({"ids": 1} if exclude_own_keys else {})}, generator,
+                               {"keys": queue_dtype})
         if exclude_own_keys:
             self.bank.queue_ids.fill_(-1)  # the initial noise rows belong to no image
         self._pending: dict[str, torch.Tensor] = {}

@@ -21,12 +21,13 @@ class SEED(nn.Module):
     needs_teacher, needs_labels, views = True, False, 1
 
     def __init__(self, student: nn.Module, teacher_dim: int, K: int = 65_536, tau_s: float = 0.2,
-                 tau_t: float = 0.01, generator: torch.Generator | None = None):
+                 tau_t: float = 0.01, generator: torch.Generator | None = None,
+                 queue_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.tau_s, self.tau_t = tau_s, tau_t
         self.student = student
         self.head = nn.Linear(student.embed_dim, teacher_dim)
-        self.bank = AnchorBank(K, {"teacher": teacher_dim}, generator)
+        self.bank = AnchorBank(K, {"teacher": teacher_dim}, generator, {"teacher": queue_dtype})
         self._pending = None
 
     def forward(self, views, t: torch.Tensor, y=None, idx=None) -> tuple[torch.Tensor, dict]:
