@@ -49,7 +49,8 @@ def make_step(kind: str, student_arch: str, teacher, args, images, rows, device)
     """A closure running one training step of `kind` on batch b; every kind owns fresh, identical networks."""
     student = build_backbone(student_arch, small_input=not args.imagenet_stem, seed=0).to(device)
     pre = default_preprocessing(args.size)
-    hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank}  # the trainer's defaults
+    hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank,
+          "amp": args.amp}  # the trainer's defaults; under autocast its queues are stored in the autocast dtype
     data = DataInfo(num_items=len(images), train_indices=torch.arange(len(images)).numpy(), num_classes=10)
     module = student if kind == "backbone_floor" else build_method(
         args.method, student, teacher_dim=rows.shape[1], data=data, hp=hp, generator=torch.Generator().manual_seed(0))
