@@ -9,14 +9,18 @@ import sys
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parent.parent
+# Committed outputs of the pipeline: `dvc repro` rewrites them while it runs, so they say nothing about the code.
+_OUTPUTS = ("dvc.lock", "metrics", "reports", "figures")
 
 
 def git_sha() -> str:
-    """The commit of the code that runs, with '+dirty' when the tree has changes; 'unknown' outside git."""
+    """The commit of the code that runs, with '+dirty' when the tree has changes other than the pipeline's own
+    outputs; 'unknown' outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in _OUTPUTS)], cwd=_REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
