@@ -13,16 +13,7 @@ from torch import nn
 
 from pipeline.methods import DataInfo, build_method
 from stages.train import TrainConfig
-
-
-class TinyStudent(nn.Module):
-    def __init__(self, d_in=12, d=6):
-        super().__init__()
-        self.embed_dim = d
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d_in, d), nn.BatchNorm1d(d))
-
-    def forward(self, x):
-        return self.net(x)
+from tests.tiny_student import TinyStudent
 
 
 def _train(method_name: str, amp: str, steps: int = 4, b: int = 8, **extra):

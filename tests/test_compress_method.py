@@ -6,16 +6,7 @@ from torch import nn
 from pipeline.losses import compress_loss
 from pipeline.methods.bank import AnchorBank
 from pipeline.methods.compress import CompRess
-
-
-class TinyStudent(nn.Module):
-    def __init__(self, d_in=12, d=6):
-        super().__init__()
-        self.embed_dim = d
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d_in, d), nn.BatchNorm1d(d))
-
-    def forward(self, x):
-        return self.net(x)
+from tests.tiny_student import TinyStudent
 
 
 def _batch(b=4, seed=0):
