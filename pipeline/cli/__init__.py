@@ -24,6 +24,19 @@ _COMMANDS = {
     "report": "report",
     "export": "export",
 }
+# The listing in `compress-cache --help`, so that it needs no sub-command module (each imports torch: seconds).
+# tests/test_cli_help.py checks that each line is the first sentence of its command's own help.
+_SUMMARIES = {
+    "prepare": "Pack a dataset into a uint8 image store with a fingerprinted manifest.",
+    "teacher": "Import a teacher checkpoint, or pretrain one with MoCo v2 when none is given.",
+    "extract": "Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr store.",
+    "info": "Rows, dim, dtype, views, teacher, data fingerprint, completion and size of a cache.",
+    "verify": "Re-check every shard of a cache; exit 1 naming each bad shard.",
+    "train": "Train a student (or, with --method moco, a model from scratch).",
+    "eval": "Evaluate one model: NN, kNN-20, linear probe and cluster assignment, written as DVC metrics.",
+    "report": "Compare teacher, students and random-init references: NN / kNN-20 / Linear / CA (top-1 %).",
+    "export": "Export the student backbone of RUN_DIR/model.pt, checked against the training-time embedding.",
+}
 
 
 class _Group(click.Group):
@@ -31,6 +44,10 @@ class _Group(click.Group):
 
     def list_commands(self, ctx):
         return list(_COMMANDS)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl(list(_SUMMARIES.items()))
 
     def get_command(self, ctx, name):
         module = _COMMANDS.get(name)

@@ -16,8 +16,8 @@ from stages.export import EXPORT_FORMATS, ExportConfig, export
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Largest allowed difference from the training-time embedding on a probe batch.")
 def command(run_dir, fmt, out, tolerance):
-    """Export the student backbone of RUN_DIR/model.pt (train-time heads already dropped), checked against
-    the training-time embedding, with a JSON sidecar holding its preprocessing.
+    """Export the student backbone of RUN_DIR/model.pt, checked against the training-time embedding.
+    Train-time heads are already dropped; a JSON sidecar holds its preprocessing.
 
     \b
     Example:
