@@ -12,30 +12,23 @@ import click
 from cache.errors import CacheError
 from pipeline.errors import CompressError
 
-# sub-command name -> module under pipeline.cli defining a click command called `command`
+# sub-command name -> (module under pipeline.cli defining a click command called `command`, its line in
+# `compress-cache --help`). The lines are kept here so that the listing imports no sub-command (each imports
+# torch: seconds); tests/test_cli_help.py checks that each is the first sentence of its command's own help.
 _COMMANDS = {
-    "prepare": "prepare",
-    "teacher": "teacher",
-    "extract": "extract",
-    "info": "info",
-    "verify": "verify",
-    "train": "train",
-    "eval": "evaluate",
-    "report": "report",
-    "export": "export",
-}
-# The listing in `compress-cache --help`, so that it needs no sub-command module (each imports torch: seconds).
-# tests/test_cli_help.py checks that each line is the first sentence of its command's own help.
-_SUMMARIES = {
-    "prepare": "Pack a dataset into a uint8 image store with a fingerprinted manifest.",
-    "teacher": "Import a teacher checkpoint, or pretrain one with MoCo v2 when none is given.",
-    "extract": "Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr store.",
-    "info": "Rows, dim, dtype, views, teacher, data fingerprint, completion and size of a cache.",
-    "verify": "Re-check every shard of a cache; exit 1 naming each bad shard.",
-    "train": "Train a student (or, with --method moco, a model from scratch).",
-    "eval": "Evaluate one model: NN, kNN-20, linear probe and cluster assignment, written as DVC metrics.",
-    "report": "Compare teacher, students and random-init references: NN / kNN-20 / Linear / CA (top-1 %).",
-    "export": "Export the student backbone of RUN_DIR/model.pt, checked against the training-time embedding.",
+    "prepare": ("prepare", "Pack a dataset into a uint8 image store with a fingerprinted manifest."),
+    "teacher": ("teacher", "Import a teacher checkpoint, or pretrain one with MoCo v2 when none is given."),
+    "extract": ("extract", "Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr "
+                           "store."),
+    "info": ("info", "Rows, dim, dtype, views, teacher, data fingerprint, completion and size of a cache."),
+    "verify": ("verify", "Re-check every shard of a cache; exit 1 naming each bad shard."),
+    "train": ("train", "Train a student (or, with --method moco, a model from scratch)."),
+    "eval": ("evaluate", "Evaluate one model: NN, kNN-20, linear probe and cluster assignment, written as DVC "
+                         "metrics."),
+    "report": ("report", "Compare teacher, students and random-init references: NN / kNN-20 / Linear / CA "
+                         "(top-1 %)."),
+    "export": ("export", "Export the student backbone of RUN_DIR/model.pt, checked against the training-time "
+                         "embedding."),
 }
 
 
@@ -47,12 +40,12 @@ class _Group(click.Group):
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):
-            formatter.write_dl(list(_SUMMARIES.items()))
+            formatter.write_dl([(name, summary) for name, (_, summary) in _COMMANDS.items()])
 
     def get_command(self, ctx, name):
-        module = _COMMANDS.get(name)
-        if module is None:
+        if name not in _COMMANDS:
             return None
+        module = _COMMANDS[name][0]
         try:
             return importlib.import_module(f"pipeline.cli.{module}").command
         except ModuleNotFoundError as e:
