@@ -16,6 +16,9 @@ Layouts (method.md, "Teacher checkpoint formats users bring"):
                  {"teacher": {"module.backbone.*", "module.head.*"}, "student", "args", ...}
     torchvision  {<torchvision key>} of any torchvision model, classifier included or not
     compress-cache  the model file of pipeline/modelfile.py
+    compress-cache-export  a `export --format state-dict` file: {<torchvision key>} of the student backbone, with
+                 a JSON sidecar FILE.json (format "compress-cache/export", sha256 of FILE) giving the
+                 architecture, the stem and the preprocessing, which the keys alone cannot
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ import torch
 
 from pipeline.errors import CompressError
 from pipeline.modelfile import FORMAT as NATIVE_FORMAT
+from pipeline.narrow_resnet import ARCHS as NARROW_ARCHS
 
-FORMATS = ("auto", "moco", "swav", "simclr", "dino", "torchvision", "compress-cache")
+FORMATS = ("auto", "moco", "swav", "simclr", "dino", "torchvision", "compress-cache", "compress-cache-export")
+SIDECAR_FORMAT = "compress-cache/export"  # the "format" entry of an export's JSON sidecar (stages/export.py)
 
 # Containers that wrap a state dict in the checkpoints people bring, in the order they are tried.
 _WRAPPERS = ("state_dict", "model", "teacher")
@@ -127,7 +132,7 @@ def _map_dino(obj, sd, why) -> Mapped:
 
 
 def _map_torchvision(obj, sd, why) -> Mapped:
-    return Mapped("torchvision", why, sd, None, "a torchvision checkpoint has no projection head "
+    return Mapped("torchvision", why, _strip_ddp(sd), None, "a torchvision checkpoint has no projection head "
                   "(its classifier is not an embedding)")
 
 
@@ -138,6 +143,12 @@ def _map_native(obj, sd, why) -> Mapped:
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     return Mapped("compress-cache", why, dict(obj["state_dict"]), None,
                   "a compress-cache model file holds the backbone only", obj["arch"], meta)
+
+
+def _map_export(obj, sd, why, sidecar: dict) -> Mapped:
+    native = {"small_input": bool(sidecar["small_input"]), "preprocessing": dict(sidecar["preprocessing"])}
+    return Mapped("compress-cache-export", why, _strip_ddp(sd), None, "an export holds the backbone only",
+                  sidecar["arch"], native)
 
 
 _MAPPERS = {"moco": _map_moco, "swav": _map_swav, "simclr": _map_simclr, "dino": _map_dino,
@@ -174,10 +185,20 @@ def detect(obj: object) -> tuple[str, str]:
     return "torchvision", f"torchvision parameter names {where}"
 
 
-def map_checkpoint(obj: object, weights_format: str = "auto") -> Mapped:
-    """Map an unpickled checkpoint to torchvision names; `auto` detects the format first."""
+def map_checkpoint(obj: object, weights_format: str = "auto", sidecar: dict | None = None) -> Mapped:
+    """Map an unpickled checkpoint to torchvision names; `auto` detects the format first.
+
+    `sidecar`: the JSON written beside a state-dict export, already checked to describe this very file; with
+    `auto` it makes the file a compress-cache-export.
+    """
     if weights_format not in FORMATS:
         raise CompressError(f"unknown weights format {weights_format!r}; use one of {', '.join(FORMATS)}")
+    if weights_format == "compress-cache-export" or (weights_format == "auto" and sidecar is not None):
+        if sidecar is None:
+            raise CompressError("--weights-format compress-cache-export needs the export's sidecar FILE.json "
+                                "beside the weights (written by `compress-cache export`); copy it there")
+        why = "given by --weights-format" if weights_format != "auto" else f"its sidecar {sidecar['file']}.json"
+        return _map_export(obj, _unwrap(obj)[0], why, sidecar)
     if weights_format == "auto":
         weights_format, why = detect(obj)
     else:
@@ -197,6 +218,8 @@ def infer_arch(sd: dict[str, torch.Tensor]) -> str | None:
              (True, (3, 4, 6, 3)): "resnet50", (True, (3, 4, 23, 3)): "resnet101",
              (True, (3, 8, 36, 3)): "resnet152"}
     name = names.get((bottleneck, blocks))
+    if not bottleneck and stem != 64:  # basic-block ResNets at another width: only the narrow ResNet-18s exist
+        return next((a for a, w in NARROW_ARCHS.items() if w == stem and name == "resnet18"), None)
     if name == "resnet50" and stem in (128, 256):
         return f"resnet50x{stem // 64}"
     if name in ("resnet50", "resnet101") and sd["layer1.0.conv1.weight"].shape[0] == 128:

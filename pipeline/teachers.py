@@ -7,12 +7,13 @@ expects pixels in [0, 1], the others ImageNet mean/std, and a cache made with th
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.checkpoint_formats import FORMATS, Mapped, infer_arch, map_checkpoint
+from pipeline.checkpoint_formats import FORMATS, SIDECAR_FORMAT, Mapped, infer_arch, map_checkpoint
 from pipeline.errors import CompressError
 from pipeline.modelfile import default_preprocessing
 from pipeline.models import Backbone, build_backbone, build_classifier_net
@@ -63,24 +64,44 @@ def _build_loaded(arch: str, small_input: bool, mapped: Mapped, what: str) -> Ba
     return backbone
 
 
+def export_sidecar(weights: str | Path) -> dict | None:
+    """The sidecar `WEIGHTS.json` that `compress-cache export --format state-dict` wrote beside the file, when
+    there is one and it describes this very file (its sha256); None when there is none."""
+    path = Path(str(weights) + ".json")
+    if not path.is_file():
+        return None
+    try:
+        sidecar = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # some other JSON-named file: not ours to judge
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        return None
+    if sidecar.get("sha256") != sha256_file(weights):
+        raise CompressError(f"{path} is the export sidecar of another file (its sha256 differs from {weights}'s); "
+                            f"export again, or remove the sidecar and pass --teacher and --weights-format")
+    return sidecar
+
+
 def load_teacher(weights: str | Path, arch: str | None = None, weights_format: str = "auto",
                  embedding: str = "backbone") -> tuple[nn.Module, dict]:
     """(frozen network in eval mode whose forward gives (N, D) unnormalised embeddings, identity dict).
 
-    `arch` may be omitted for ResNets (inferred from the keys) and for compress-cache model files.
+    `arch` may be omitted for ResNets (inferred from the keys), for compress-cache model files and for
+    state-dict exports with their sidecar.
     identity["format"] is the format used: the detected one when `weights_format` is "auto".
     """
     if weights_format not in FORMATS:
         raise CompressError(f"unknown weights format {weights_format!r}; use one of {', '.join(FORMATS)}")
     if embedding not in EMBEDDINGS:
         raise CompressError(f"unknown embedding {embedding!r}; use one of {', '.join(EMBEDDINGS)}")
-    mapped = map_checkpoint(load_checkpoint(weights), weights_format)
+    sidecar = export_sidecar(weights) if weights_format in ("auto", "compress-cache-export") else None
+    mapped = map_checkpoint(load_checkpoint(weights), weights_format, sidecar)
     inferred = mapped.arch or infer_arch(mapped.backbone)
     if arch is None:
         if inferred is None:
             raise CompressError(f"{weights}: cannot tell the architecture from its keys; pass --teacher ARCH")
         arch = inferred
-    elif mapped.format == "compress-cache" and arch != inferred:
+    elif mapped.format in ("compress-cache", "compress-cache-export") and arch != inferred:
         raise CompressError(f"{weights} holds a {inferred} but --teacher {arch!r} was given")
     what = f"{weights} ({mapped.format}, detected by {mapped.reason}) does not fit {arch}"
     if inferred is not None and inferred != arch:

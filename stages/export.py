@@ -4,7 +4,9 @@ The run's `model.pt` already holds the backbone only (the 1q linear head and any
 dropped when it was written), so what is exported is exactly the network whose pooled feature was evaluated.
 Every export is loaded back and run on a probe batch; it is refused unless it reproduces the training-time
 embedding within `tolerance`. A JSON sidecar (`<out>.json`) says how images become inputs, because an exported
-network without its mean/std and input size silently gives wrong embeddings.
+network without its mean/std and input size silently gives wrong embeddings. The sidecar also records the
+export's sha256, so `extract --weights OUT` can use a state-dict export as a teacher with exactly this
+architecture, stem and preprocessing (pipeline/teachers.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checkpoint_formats import SIDECAR_FORMAT
 from pipeline.errors import CompressError
 from pipeline.modelfile import load_model
 from pipeline.models import Backbone, build_backbone
@@ -115,7 +118,8 @@ def export(cfg: ExportConfig) -> dict:
             raise CompressError(f"the {cfg.format} export of {backbone.arch} differs from the trained model by "
                                 f"{check['max_abs_diff']:.3g} (> {cfg.tolerance}); nothing was written")
     sidecar = {
-        "export_format": cfg.format, "file": out.name, "path": str(out), "arch": backbone.arch,
+        "format": SIDECAR_FORMAT, "export_format": cfg.format, "file": out.name, "path": str(out),
+        "sha256": sha256_file(out), "arch": backbone.arch,
         "small_input": backbone.small_input, "embed_dim": backbone.embed_dim,
         "preprocessing": pre,
         "input": "float32 (N, 3, input_size, input_size) RGB: pixels / 255, centre crop of crop_fraction of each "

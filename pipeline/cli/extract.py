@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.checkpoint_formats import FORMATS
 from pipeline.distributed import env_world
 from stages.extract import ExtractConfig, extract
 
@@ -11,7 +12,8 @@ from stages.extract import ExtractConfig, extract
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Image store from `prepare`.")
 @click.option("--teacher", default=None, help="Teacher architecture, e.g. resnet50 (default: read from --weights).")
 @click.option("--weights", type=click.Path(path_type=Path), required=True, help="Teacher checkpoint file.")
-@click.option("--weights-format", default="auto", show_default=True, help="Checkpoint format; auto detects it.")
+@click.option("--weights-format", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="Checkpoint format; auto detects it from the keys (and an export's sidecar FILE.json).")
 @click.option("--embedding", default="backbone", show_default=True, help="Which layer is the embedding.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write, e.g. runs/teacher.zarr.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
