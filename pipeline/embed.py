@@ -1,5 +1,5 @@
 """Run a frozen backbone over an image store in contiguous blocks: the one forward pass that both teacher
-extraction and student evaluation use."""
+extraction and student evaluation use, on the evaluation view (pipeline.eval_view) unless crops are given."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import center_crops, render
+from pipeline.augment import render
+from pipeline.eval_view import eval_view
 from pipeline.imagestore import ImageStore
 
 
@@ -17,14 +18,18 @@ def embed_blocks(backbone: torch.nn.Module, store: ImageStore, preprocessing: di
                  autocast: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (row, l2-normalised float32 embeddings on the CPU) for rows [start, stop), in order.
 
-    `crops` (stop - start, 5) overrides the centre crop (a multi-view cache passes its stored views).
+    Without `crops` every image goes through `eval_view` (resize the short side, centre crop); `crops`
+    (stop - start, 5) renders those crops instead (the augmented views 1.. of a multi-view cache).
     """
     backbone.eval()
     for lo in range(start, stop, batch_size):
         hi = min(lo + batch_size, stop)
         images = torch.from_numpy(store.read(lo, hi)).to(device, non_blocking=True)
-        view = center_crops(hi - lo, preprocessing["crop_fraction"]) if crops is None else crops[lo - start:hi - start]
-        x = render(images, view, preprocessing["input_size"], preprocessing["mean"], preprocessing["std"])
+        if crops is None:
+            x = eval_view(images, preprocessing)
+        else:
+            x = render(images, crops[lo - start:hi - start], preprocessing["input_size"], preprocessing["mean"],
+                       preprocessing["std"])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             z = backbone(x)
         yield lo, F.normalize(z.float(), dim=1).cpu()

@@ -6,7 +6,8 @@ A plain dict saved by `torch.save` holding only tensors, strings and numbers, so
     format          "compress-cache/model"
     arch, small_input, embed_dim
     state_dict      the backbone's weights (train-time heads are never included)
-    preprocessing   {"mean", "std", "input_size", "crop_fraction"}: how images become inputs
+    preprocessing   {"mean", "std", "input_size", "crop_fraction", "resize"}: how images become inputs
+                    (the evaluation view: pipeline/eval_view.py)
     data_fingerprint, method, provenance
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import CompressError
+from pipeline.eval_view import DEFAULT_RESIZE, default_crop_fraction
 from pipeline.models import Backbone, build_backbone
 from pipeline.safe_load import load_checkpoint
 from pipeline.strict_load import load_strict
@@ -24,10 +26,14 @@ from pipeline.strict_load import load_strict
 FORMAT = "compress-cache/model"
 
 
-def default_preprocessing(input_size: int, crop_fraction: float = 1.0) -> dict:
-    # ImageNet statistics: what official teachers expect, and harmless for the small demo data.
+def default_preprocessing(input_size: int, crop_fraction: float | None = None, resize: str = DEFAULT_RESIZE) -> dict:
+    """ImageNet statistics (what official teachers expect, harmless for the small demo data) and the evaluation
+    view of pipeline.eval_view. crop_fraction None: 0.875 at ImageNet resolution (input_size >= 224, i.e.
+    Resize(256) -> CenterCrop(224)), 1.0 below (small images such as digits or CIFAR are evaluated whole)."""
+    if crop_fraction is None:
+        crop_fraction = default_crop_fraction(input_size)
     return {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "input_size": int(input_size), "crop_fraction": float(crop_fraction)}
+            "input_size": int(input_size), "crop_fraction": float(crop_fraction), "resize": resize}
 
 
 def save_model(path: str | Path, backbone: Backbone, preprocessing: dict, **meta) -> None:

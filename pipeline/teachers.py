@@ -26,8 +26,9 @@ EMBEDDINGS = ("backbone", "head")
 
 
 def format_preprocessing(fmt: str) -> dict:
-    """How images must be turned into inputs for an official teacher of format `fmt` (224 px, 0.875 crop)."""
-    pre = default_preprocessing(224, crop_fraction=0.875)
+    """How images must be turned into inputs for an official teacher of format `fmt` (224 px, 0.875 crop),
+    with the resize filter of that release's evaluation: bicubic for DINO, torchvision's bilinear otherwise."""
+    pre = default_preprocessing(224, crop_fraction=0.875, resize="bicubic" if fmt == "dino" else "bilinear")
     if fmt == "simclr":  # SimCLR was trained on pixels in [0, 1] without mean/std normalisation
         pre.update(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     return pre

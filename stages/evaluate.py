@@ -18,6 +18,7 @@ import torch
 
 from pipeline.device import pick_device
 from pipeline.embed import embed_all
+from pipeline.eval_view import describe
 from pipeline.errors import CompressError
 from pipeline.imagestore import ImageStore
 from pipeline.linear_probe import check_frozen, snapshot
@@ -67,7 +68,9 @@ def _cache_features(path: Path, store: ImageStore) -> tuple[np.ndarray, dict]:
     except CacheError as e:
         raise CompressError(str(e)) from None
     emb = emb[:, 0] if emb.ndim == 3 else emb  # view 0 is the centre crop
-    return emb.float().numpy(), {"kind": "teacher", "cache": str(path), "teacher": attrs.get("teacher")}
+    teacher = attrs.get("teacher") or {}
+    return emb.float().numpy(), {"kind": "teacher", "cache": str(path), "teacher": teacher,
+                                 "preprocessing": teacher.get("preprocessing")}
 
 
 def _keyed_features(path: Path, key: dict, compute) -> np.ndarray:
@@ -101,7 +104,7 @@ def _model_features(path: Path, store, cfg, device, features_path: Path) -> tupl
            "preprocessing": meta["preprocessing"], "dtype": "float16"}
     z = _keyed_features(features_path, key, lambda: _embed(backbone, store, meta["preprocessing"], cfg, device))
     return z, {"kind": "student", "model": str(path), "model_sha256": key["model_sha256"],
-               "arch": meta.get("arch"), "method": meta.get("method")}
+               "arch": meta.get("arch"), "method": meta.get("method"), "preprocessing": meta["preprocessing"]}
 
 
 def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) -> tuple[np.ndarray, dict]:
@@ -114,7 +117,7 @@ def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) ->
            "dtype": "float16"}
     z = _keyed_features(features_path, key, lambda: _embed(backbone, store, prep, cfg, device))
     return z, {"kind": "random-init", "arch": cfg.random_init, "small_input": cfg.small_input,
-               "seed": cfg.seed, "input_size": size}
+               "seed": cfg.seed, "input_size": size, "preprocessing": prep}
 
 
 def features_of(cfg: EvaluateConfig, store: ImageStore, device, model=None, cache=None, tag="") -> tuple:
@@ -159,7 +162,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                                device=device, return_predictions=True)
     predictions = result.pop("predictions")
     metrics = {"name": cfg.name or cfg.out.stem, **{k: result[k] for k in METRICS}, "ca_count": result["ca_count"],
-               "source": source, "data_fingerprint": store.fingerprint, "protocols": result["protocols"],
+               "source": source, "data_fingerprint": store.fingerprint,
+               "protocols": {**result["protocols"], "features": _features_note(source)},
                "provenance": provenance(asdict(cfg))}
     if cfg.figures is not None:
         metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], val, train)
@@ -168,6 +172,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     os.replace(tmp, cfg.out)
     return metrics
+
+
+def _features_note(source: dict) -> str:
+    prep = source.get("preprocessing")
+    view = describe(prep) if prep else "the cache's view 0 (no preprocessing recorded)"
+    return f"l2-normalised pooled backbone output of the evaluation view: {view}"
 
 
 def _figures(cfg, store, device, x, knn_pred, val, train) -> list[str]:

@@ -91,7 +91,8 @@ def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, 
     for v in range(spec.views):
         parts = []
         source = ReadAhead(store, hi, reader)
-        for _, z in embed_blocks(teacher, source, prep, lo, hi, batch_size, device, crops=crops[:, v]):
+        view = None if v == 0 else crops[:, v]  # view 0: the evaluation view (pipeline.eval_view), as `eval`
+        for _, z in embed_blocks(teacher, source, prep, lo, hi, batch_size, device, crops=view):
             parts.append(z)
             if bar is not None:
                 bar.update(len(z) / spec.views)
@@ -119,8 +120,20 @@ def _open(cfg: ExtractConfig, spec: CacheSpec, world) -> tuple[StoreLock | None,
         try:
             lock = StoreLock(cfg.out).acquire()
             group = open_or_create(cfg.out, spec, cfg.overwrite, provenance(asdict(cfg)))
-            CacheWriter(cfg.out).clean_debris()
-            outcome = {"complete": bool(attributes(group)["complete"])}
+            writer = CacheWriter(cfg.out)
+            writer.clean_debris()
+            outcome = {"complete": bool(attributes(group)["complete"]), "repaired": []}
+            if outcome["complete"]:  # checked before it is called complete: every shard against its checksum
+                writer.clear_progress()  # left by a kill between `complete = true` and the markers' removal
+                damaged = writer.damaged_shards()
+                if damaged:
+                    writer.reopen(damaged)
+                    outcome = {"complete": False, "repaired": damaged}
+        except OSError as e:
+            if lock is not None:
+                lock.release()
+            outcome = {"error": f"cannot prepare {cfg.out} for writing: {e.strerror or e} "
+                                f"({e.filename or cfg.out}); fix the cause and re-run the same command"}
         except CacheError as e:
             if lock is not None:
                 lock.release()
@@ -128,7 +141,7 @@ def _open(cfg: ExtractConfig, spec: CacheSpec, world) -> tuple[StoreLock | None,
     outcome = distributed.broadcast_object(outcome)
     if "error" in outcome:
         raise CacheError(outcome["error"])
-    return lock, outcome["complete"]
+    return lock, outcome["complete"], outcome["repaired"]
 
 
 def extract(cfg: ExtractConfig) -> dict:
@@ -152,7 +165,7 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
     check_input_size(teacher, identity["preprocessing"]["input_size"], f"teacher {identity['arch']}")
     spec = _request(cfg, store, identity)
     prep = identity["preprocessing"]
-    lock, complete = _open(cfg, spec, world)
+    lock, complete, repaired = _open(cfg, spec, world)
     t0 = time.perf_counter()
     written = rows = 0
     try:
@@ -187,5 +200,5 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
     finally:
         if lock is not None:
             lock.release()
-    return {"attributes": attrs, "shards_written": written, "rows_written": rows,
+    return {"attributes": attrs, "shards_written": written, "rows_written": rows, "repaired": repaired,
             "seconds": time.perf_counter() - t0, "world_size": world.world_size}

@@ -120,7 +120,7 @@ def test_dino_backbone_and_full_training_checkpoint(ref, tmp_path):
     net, sd, z = ref
     model, identity = load_teacher(_save(tmp_path, _backbone_keys(sd), "dino.pth"))
     assert identity["format"] == "dino"
-    assert identity["preprocessing"] == default_preprocessing(224, 0.875)
+    assert identity["preprocessing"] == default_preprocessing(224, 0.875, resize="bicubic")  # DINO's eval resize
     _assert_same(model, z)
     teacher = {f"module.backbone.{k}": v for k, v in _backbone_keys(sd).items()}
     teacher |= {"module.head.mlp.0.weight": torch.randn(8, 512), "module.head.last_layer.weight_g": torch.ones(4, 1)}
