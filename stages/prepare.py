@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.atomic import make_dir, write_text
 from pipeline.errors import CompressError
 from pipeline.imagestore import write_image_store
 from pipeline.sources import READERS, load
@@ -52,10 +53,10 @@ def resize_square(images: np.ndarray, size: int, block: int = 4096) -> np.ndarra
 
 def _report_bad(cfg: PrepareConfig, bad: list[dict], total: int) -> None:
     """Write the list of undecodable items; without --skip-bad, fail naming the first one."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    make_dir(cfg.out, "image store folder")
     report = cfg.out / REPORT
-    report.write_text(json.dumps({"dataset": cfg.dataset, "source": str(cfg.source), "total": total,
-                                  "bad": bad, "skipped": cfg.skip_bad}, indent=2) + "\n")
+    write_text(report, json.dumps({"dataset": cfg.dataset, "source": str(cfg.source), "total": total,
+                                   "bad": bad, "skipped": cfg.skip_bad}, indent=2) + "\n")
     if not cfg.skip_bad:
         first = bad[0]
         raise CompressError(f"{len(bad)} of {total} images could not be decoded (first: {first['path']}: "
@@ -68,6 +69,9 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise CompressError(f"unknown dataset {cfg.dataset!r}; use one of {', '.join(DATASETS)}")
     if cfg.size is not None and cfg.size < 4:
         raise CompressError(f"--size {cfg.size} is too small; use at least 4 pixels")
+    cfg.out = Path(cfg.out)
+    if cfg.out.exists() and not cfg.out.is_dir():  # before the (long) decoding, not after it
+        raise CompressError(f"--out {cfg.out} is a file, not a folder; choose another path or remove it")
     data = load(cfg.dataset, cfg.source, cfg.size, cfg.workers)
     if data.bad:
         _report_bad(cfg, data.bad, len(data.ids) + len(data.bad))

@@ -13,15 +13,15 @@ from stages.prepare import DATASETS, REPORT, PrepareConfig, prepare
               help="Folder or file of the source: the python-format CIFAR folder, the ImageFolder root "
                    "(with train/ and val/ subfolders, or class folders and a fixed split), or an .h5 file.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Image-store folder to write.")
-@click.option("--size", type=int, default=None,
+@click.option("--size", type=click.IntRange(min=4), default=None,
               help="Pre-resize: short side to SIZE px, then centre crop to SIZE x SIZE (default: native). "
                    "Pick a little above the training resolution; crops are taken from these pixels.")
 @click.option("--skip-bad", is_flag=True,
               help="Leave out images that cannot be decoded (listed in the manifest's `skipped`) instead "
                    "of failing.")
-@click.option("--workers", type=int, default=PrepareConfig.workers, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=PrepareConfig.workers, show_default=True,
               help="Decoding processes for image files (one thread each); 0 decodes in this process.")
-@click.option("--limit", type=int, default=None, help="Keep only the first N items (smoke runs).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Keep only the first N items (smoke runs).")
 def command(dataset, source, out, size, skip_bad, workers, limit):
     """Pack a dataset into a uint8 image store with a fingerprinted manifest.
 

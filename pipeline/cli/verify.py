@@ -1,9 +1,7 @@
-"""`compress-cache verify`: re-read every shard against its recorded checksum."""
+"""`compress-cache verify`: re-read a teacher cache or an image store against its recorded checksums."""
 from pathlib import Path
 
 import click
-
-from cache.verify import verify_store
 
 
 @click.command("verify")
@@ -11,13 +9,23 @@ from cache.verify import verify_store
 def command(store):
     """Re-check every shard of a cache; exit 1 naming each bad shard.
 
+    Also takes an image store (from `prepare`): every block against its checksum and the whole store against
+    its fingerprint.
+
     \b
-    Example:
+    Examples:
       compress-cache verify runs/teacher.zarr
+      compress-cache verify data/digits
     """
-    problems = verify_store(store)  # a CacheError becomes a one-line error in the command group
+    if (store / "manifest.json").is_file():
+        from pipeline.imagestore import ImageStore
+        problems, what = ImageStore(store).problems(), "every block matches its checksum and the fingerprint"
+    else:
+        from cache.verify import verify_store
+        problems, what = verify_store(store), "every shard matches its checksum"
+    # errors (missing, not a store, unreadable metadata) become one line in the command group
     if problems:
         for p in problems:
             click.echo(f"{store}: {p}", err=True)
         raise SystemExit(1)
-    click.echo(f"{store}: every shard matches its checksum")
+    click.echo(f"{store}: {what}")
