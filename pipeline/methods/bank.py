@@ -65,6 +65,17 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     return twin
 
 
+def batch_statistics_mode(module: nn.Module) -> nn.Module:
+    """Eval mode except BatchNorm, which normalises by the batch's statistics: how the official CompRess code runs
+    its momentum encoder. Nothing stochastic stays active (the backbones carry no dropout anyway, see
+    pipeline/models.py), and BN keeps doing what the online network's BN does in training."""
+    module.eval()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    return module
+
+
 @torch.no_grad()
 def momentum_update(online: nn.Module, twin: nn.Module, m: float) -> None:
     """twin <- m * twin + (1 - m) * online, over parameters only (BN buffers are not averaged)."""

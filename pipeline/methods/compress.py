@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.losses import compress_loss
-from pipeline.methods.bank import AnchorBank, momentum_copy, momentum_update
+from pipeline.methods.bank import AnchorBank, batch_statistics_mode, momentum_copy, momentum_update
 
 VARIANTS = ("2q", "1q", "2q-nomomentum")
 
@@ -62,8 +62,7 @@ class CompRess(nn.Module):
         loss = compress_loss(t, s, self.bank.read("teacher"), self.bank.read("student"), self.tau)
         if self.variant == "2q":
             with torch.no_grad():
-                self.momentum_student.train()  # BatchNorm in batch-statistics mode
-                k = self.momentum_student(x)
+                k = batch_statistics_mode(self.momentum_student)(x)
         else:
             k = s.detach()
         self._pending = {"teacher": t, "student": nn.functional.normalize(k.float(), dim=1)}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.losses import infonce
-from pipeline.methods.bank import AnchorBank, momentum_copy, momentum_update
+from pipeline.methods.bank import AnchorBank, batch_statistics_mode, momentum_copy, momentum_update
 
 _BN_SPLITS = 4  # keys are encoded in shuffled sub-batches: a single-process stand-in for shuffle-BN
 
@@ -48,6 +48,8 @@ class MoCo(nn.Module):
         # BN statistics of one whole batch would let queries find their keys through the batch mean (the
         # "cheating" MoCo's shuffle-BN prevents); shuffled sub-batches give each key different statistics.
         perm = torch.randperm(len(x), device=x.device)
+        batch_statistics_mode(self.momentum_student)
+        batch_statistics_mode(self.momentum_head)
         chunks = [self.momentum_head(self.momentum_student(c)) for c in x[perm].chunk(_BN_SPLITS)]
         k = torch.empty_like(torch.cat(chunks))
         k[perm] = torch.cat(chunks)
