@@ -9,10 +9,16 @@ numbers they can be stored (multi-view cache) and rendered again to the same pix
 The MoCo-v2 photometric augmentations (colour jitter, grayscale, Gaussian blur) follow the same pattern:
 `sample_color` draws per-sample parameters on the CPU, `color_augment` applies them to a float batch on the
 device, and `render(..., color=params)` applies them before normalisation. See pipeline/color.py.
+
+Training names its augmentation by a recipe (`--augment`), recorded with every run:
+    crop-flip  RandomResizedCrop (scale 0.08-1, torchvision's default and the CompRess paper's) + flip only
+    mocov2     RandomResizedCrop scale 0.2-1, colour jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2,
+               Gaussian blur p 0.5 with sigma 0.1-2.0 px at 224 px, flip (MoCo v2's; `--method moco`'s default)
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,36 @@ import torch.nn.functional as F
 from pipeline.color import COLOR_PARAMS, color_augment, sample_color  # noqa: F401  (re-exported)
 
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 times before falling back to the centre
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named training augmentation: crop scale range, flip, and MoCo-v2 colour parameters (None: no colour)."""
+    name: str
+    crop_scale_min: float
+    color: dict | None = field(default=None)
+
+    def describe(self, crop_scale_min: float, hflip: bool) -> dict:
+        """What a run records: the recipe and every parameter it draws with (after the run's overrides)."""
+        return {"name": self.name, "crop_scale": [crop_scale_min, 1.0], "crop_ratio": [3 / 4, 4 / 3],
+                "hflip": hflip, "color": dict(self.color) if self.color else None}
+
+
+RECIPES = {
+    "crop-flip": Recipe("crop-flip", crop_scale_min=0.08),
+    "mocov2": Recipe("mocov2", crop_scale_min=0.2,
+                     color={"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p_jitter": 0.8,
+                            "p_gray": 0.2, "p_blur": 0.5, "sigma": (0.1, 2.0), "sigma_reference": 224}),
+}
+
+
+def sample_views(recipe: Recipe, n: int, generator: torch.Generator, image_hw: tuple[int, int],
+                 crop_scale_min: float, hflip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One view per sample under `recipe`: (crops (n, 5), colour parameters (n, COLOR_PARAMS) or None).
+    Crops are drawn first, then colours, from one generator: a seed and step reproduce the batch."""
+    crops = sample_crops(n, generator, image_hw, (crop_scale_min, 1.0), flip=hflip)
+    color = sample_color(n, generator, **recipe.color) if recipe.color else None
+    return crops, color
 
 
 def sample_crops(n: int, generator: torch.Generator, image_hw: tuple[int, int],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,85 +23,125 @@ import torch.distributed as dist
 
 from pipeline import distributed
 
-from pipeline.augment import render, sample_crops
+from pipeline.augment import RECIPES, render, sample_views
 from pipeline.checkpoint import restore_checkpoint, save_checkpoint
+from pipeline.code_digest import code_digest
 from pipeline.device import pick_device
 from pipeline.errors import CompressError
 from pipeline.imagestore import ImageStore
 from pipeline.loader import BatchLoader
-from pipeline.methods import NEEDS_CACHE, DataInfo, build_method, method_needs_teacher
+from pipeline.methods import METHODS, NEEDS_CACHE, DataInfo, build_method, method_needs_teacher
 from pipeline.modelfile import default_preprocessing, save_model
 from pipeline.models import build_backbone, check_input_size
 from pipeline.provenance import provenance
 from pipeline.run_log import RunLog
 from pipeline.schedules import lr_schedule
+from pipeline.settings import setting
 
 
 @dataclass
 class TrainConfig:
-    data: Path
-    out: Path
-    cache: Path | None = None  # teacher cache (Zarr); required by methods that need a teacher
-    student: str = "resnet18"
-    small_input: bool = True  # 3x3 stride-1 stem without max-pool, for 8-64 px images
-    method: str = "compress-2q"
-    # optimisation (paper: SGD lr 0.01, momentum 0.9, wd 1e-4, batch 256, 130 epochs, x0.2 at 90 and 120)
-    epochs: int = 130
-    steps: int | None = None  # a budget in optimiser steps instead of epochs (may end mid-epoch)
-    batch_size: int = 256  # per process
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "step"  # step | cosine
-    milestones: tuple[int, ...] = (90, 120)
-    lr_gamma: float = 0.2
-    warmup_epochs: float = 0.0
-    # method hyper-parameters (paper: K 128,000, tau 0.04, m 0.999)
-    bank_size: int = 128_000
-    tau: float = 0.04
-    ema: float = 0.999
-    moco_dim: int = 128
-    exclude_own_keys: bool = False  # MoCo: mask the query's own image among the queued negatives
-    # baselines (defaults: the papers'; see pipeline/methods/*.py)
-    crd_dim: int = 128
-    crd_negatives: int = 16_384
-    crd_tau: float = 0.07
-    crd_memory_momentum: float = 0.5
-    seed_tau_student: float = 0.2
-    seed_tau_teacher: float = 0.01
-    clusters: int | None = None  # CC: None = 10 x classes (paper: 16,000 on ImageNet)
+    """Every setting of `train`, with its default, help, range and the paper's value (pipeline/settings.py); the
+    CLI's options are generated from these fields. The defaults are the paper's ImageNet recipe."""
+    data: Path = setting(MISSING, "Image store (from `prepare`).")
+    out: Path = setting(MISSING, "Run folder. Re-running the same command resumes from its checkpoint.")
+    cache: Path | None = setting(None, "Teacher cache (from `extract`); needed by every distillation method "
+                                       "unless --teacher-source live.", shown="none")
+    student: str = setting("resnet18", "Student architecture: resnet18, resnet34, resnet50, mobilenet_v2, alexnet, "
+                                       "the narrow resnet18_w16/w32, shufflenet_v2_x0_5 or any torchvision "
+                                       "classification model name.")
+    small_input: bool = setting(False, "3x3 stride-1 stem without max-pool, for 8-64 px images; the paper's "
+                                       "network has the ImageNet stem.", flag="--small-input/--imagenet-stem")
+    method: str = setting("compress-2q", "Training objective.", choices=tuple(METHODS))
+    # optimisation
+    epochs: int = setting(130, "Epochs over the training split.", low=1)
+    steps: int | None = setting(None, "Budget in optimiser steps instead of --epochs (may end inside an epoch); "
+                                      "the schedule spans it.", shown="none (use --epochs)", low=1)
+    batch_size: int = setting(256, "Images per step, per process.", low=1)
+    lr: float = setting(0.01, "SGD learning rate.", low=0, low_open=True)
+    momentum: float = setting(0.9, "SGD momentum.", low=0, high=1, high_open=True)
+    weight_decay: float = setting(1e-4, "SGD weight decay.", low=0)
+    schedule: str = setting("step", "Learning-rate schedule, per iteration.", choices=("step", "cosine"))
+    milestones: tuple[int, ...] = setting((90, 120), "Comma-separated epochs for the step schedule.")
+    lr_gamma: float = setting(0.2, "Step-schedule factor.", low=0, high=1, low_open=True)
+    warmup_epochs: float = setting(0.0, "Linear warm-up from 0, in epochs.", low=0)
+    # method hyper-parameters
+    bank_size: int = setting(128_000, "Anchors K in the queue(s) (MoCo: its queue).", low=1)
+    tau: float = setting(0.04, "Temperature (MoCo v2 uses 0.2).", low=0, low_open=True)
+    ema: float = setting(0.999, "Momentum of the EMA student / key encoder.", low=0, high=1)
+    moco_dim: int = setting(128, "MoCo: width of the MLP projection head.", low=1)
+    exclude_own_keys: bool = setting(False, "MoCo: drop negatives that are the query's own image, still queued "
+                                            "from an earlier epoch (small data; MoCo keeps them).",
+                                     flag="--exclude-own-keys/--keep-own-keys")
+    # baselines (defaults: their papers'; see pipeline/methods/*.py)
+    crd_dim: int = setting(128, "CRD: width of both linear embeddings.", low=1)
+    crd_negatives: int = setting(16_384, "CRD: negatives drawn from memory per step.", low=1)
+    crd_tau: float = setting(0.07, "CRD: temperature.", low=0, low_open=True)
+    crd_memory_momentum: float = setting(0.5, "CRD: memory momentum.", low=0, high=1)
+    seed_tau_student: float = setting(0.2, "SEED: student temperature.", low=0, low_open=True)
+    seed_tau_teacher: float = setting(0.01, "SEED: teacher temperature.", low=0, low_open=True)
+    clusters: int | None = setting(None, "CC: k-means clusters of the teacher features.", paper="16000",
+                                   shown="10 x classes", low=2)
     # teacher: rows of the cache (default) or a frozen network run on every step's crops
-    teacher_source: str = "cached"  # cached | live
-    teacher_weights: Path | None = None  # live: a teacher checkpoint (any format `extract` reads)
-    teacher_arch: str | None = None  # live: needed only when it cannot be inferred from the weights
-    # augmentation: RandomResizedCrop + horizontal flip only, drawn per sample
-    input_size: int = 224
-    crop_scale_min: float = 0.2
-    hflip: bool = True
+    teacher_source: str = setting("cached", "cached: teacher embeddings are rows of --cache. live: run the frozen "
+                                            "teacher of --teacher-weights on every step's crops (slower).",
+                                  paper="live", choices=("cached", "live"))
+    teacher_weights: Path | None = setting(None, "Teacher checkpoint for --teacher-source live (any format "
+                                                 "`extract` reads).", shown="none")
+    teacher_arch: str | None = setting(None, "Teacher architecture, when the weights do not tell it.",
+                                       shown="from the weights")
+    # augmentation, drawn per sample on the device (pipeline/augment.py RECIPES)
+    augment: str | None = setting(None, "Augmentation recipe: crop-flip (RandomResizedCrop + flip, CompRess's) or "
+                                        "mocov2 (+ colour jitter, grayscale, blur; MoCo v2's).",
+                                  shown="mocov2 for --method moco, else crop-flip", choices=tuple(RECIPES))
+    input_size: int = setting(224, "Side of the student's input crop in pixels.", low=8)
+    crop_scale_min: float | None = setting(None, "RandomResizedCrop lower scale.", paper="0.08",
+                                           shown="the recipe's: crop-flip 0.08, mocov2 0.2", low=0, high=1,
+                                           low_open=True)
+    hflip: bool = setting(True, "Random horizontal flips.")
     # execution
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler; GPU only)
-    channels_last: bool = False
-    bn_groups: int = 1  # BatchNorm over this many slices of each process's batch (1: the whole batch)
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of every epoch
-    tensorboard: bool = True
-    extra: dict = field(default_factory=dict)
+    seed: int = setting(0, "Seeds the student's initialisation, the data order and every augmentation.", low=0)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    amp: str = setting("none", "Mixed precision: bf16 autocast (CPU/GPU) or fp16 with a scaler (GPU).",
+                       choices=("none", "bf16", "fp16"))
+    channels_last: bool = setting(False, "channels_last memory format (helps MobileNetV2 on CPU).")
+    bn_groups: int = setting(1, "BatchNorm statistics over N equal slices of the batch, as N DDP processes "
+                                "compute them.", low=1)
+    checkpoint_every: int = setting(0, "Steps between checkpoints; 0 = at the end of every epoch.", low=0)
+    tensorboard: bool = setting(True, "Also write TensorBoard logs.")
+    restart: str = setting("never", "When --out holds a run: never (resume it if its settings and code are these, "
+                                    "else refuse), if-changed (start it over when they differ; dvc.yaml's "
+                                    "choice), always.", choices=("never", "if-changed", "always"))
 
     # keys that may change between a run and its resumption without changing what is computed
-    RESUMABLE_CHANGES = ("device", "checkpoint_every", "tensorboard")
+    RESUMABLE_CHANGES = ("device", "checkpoint_every", "tensorboard", "restart")
+
+    def __post_init__(self):
+        # Resolve the recipe here, so config.json records the values the run used, not "default".
+        if self.augment is None:
+            self.augment = "mocov2" if self.method == "moco" else "crop-flip"
+        if self.augment not in RECIPES:
+            raise CompressError(f"unknown --augment {self.augment!r}; use one of {', '.join(RECIPES)}")
+        if self.crop_scale_min is None:
+            self.crop_scale_min = RECIPES[self.augment].crop_scale_min
+
+    def augmentation(self) -> dict:
+        """The recipe and every parameter it draws with: recorded in config.json and the run log."""
+        return RECIPES[self.augment].describe(self.crop_scale_min, self.hflip)
 
 
 # Named starting points; options given explicitly override them. The config defaults ARE the paper's ImageNet
-# settings (K 128,000, tau 0.04, m 0.999, SGD 0.01/0.9/1e-4, 130 epochs, x0.2 at 90 and 120, batch 256, 224 px).
+# settings (K 128,000, tau 0.04, m 0.999, SGD 0.01/0.9/1e-4, 130 epochs, x0.2 at 90 and 120, batch 256, 224 px,
+# the ImageNet stem, RandomResizedCrop 0.08-1 + flip, no dropout).
 PRESETS = {
     "paper-imagenet": {},
     # a starting point for a few thousand images at 16-32 px, minutes on 2 CPU cores (the demo and the
     # Fashion-MNIST study set every option explicitly instead)
     "small": {"epochs": 30, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "bank_size": 4096,
-              "input_size": 32, "crd_negatives": 1024, "warmup_epochs": 1.0},
+              "input_size": 32, "small_input": True, "crd_negatives": 1024, "warmup_epochs": 1.0},
     # the unit tests and benchmarks: seconds
-    "tiny": {"epochs": 1, "batch_size": 32, "bank_size": 64, "input_size": 8, "crd_negatives": 64},
+    "tiny": {"epochs": 1, "batch_size": 32, "bank_size": 64, "input_size": 8, "small_input": True,
+             "crd_negatives": 64},
 }
 
 
@@ -110,10 +150,15 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def _record(cfg: TrainConfig) -> dict:
+    """The run's identity as config.json keeps it: every setting and the digest of the code that trains."""
+    return {**json.loads(json.dumps(asdict(cfg), default=str)), "code": code_digest()}
+
+
 def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Keys whose value in a run's saved config.json differs from `cfg`, ignoring the resumable ones. A key the
-    saved file lacks (a run older than the option) counts as that option's default, which is what it ran with."""
-    current = json.loads(json.dumps(asdict(cfg), default=str))
+    """Keys whose value in a run's saved config.json differs from `cfg` (or the code), ignoring the resumable ones.
+    A key the saved file lacks (a run older than the option) counts as that option's default."""
+    current = _record(cfg)
     defaults = {f.name: f.default for f in fields(TrainConfig) if isinstance(f.default, (int, float, str, bool))}
     return sorted(k for k in current if k not in TrainConfig.RESUMABLE_CHANGES
                   and saved.get(k, defaults.get(k)) != current[k])
@@ -122,17 +167,27 @@ def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
 def _check_or_write_config(cfg: TrainConfig, out: Path) -> str | None:
     """None when `out` is new or holds a run with these settings; else the message to stop with."""
     path = out / "config.json"
-    current = json.loads(json.dumps(asdict(cfg), default=str))
+    current = _record(cfg)
     if path.exists():
         saved = json.loads(path.read_text())
         changed = changed_settings(saved, cfg)
-        if changed:
+        if cfg.restart == "always" or (changed and cfg.restart == "if-changed"):
+            _clear_run(out)
+        elif changed:
             diffs = ", ".join(f"{k}: {saved.get(k, '(default)')!r} -> {current[k]!r}" for k in changed[:4])
-            return (f"{out} holds a run with other settings ({diffs}); resume with the same settings or choose "
-                    f"a new --out folder")
-    else:
-        path.write_text(json.dumps(current, indent=2) + "\n")
+            return (f"{out} holds a run with other settings or code ({diffs}); resume with the same settings, "
+                    f"start it over with --restart if-changed, or choose a new --out folder")
+    if not path.exists():
+        path.write_text(json.dumps({**current, "augmentation": cfg.augmentation()}, indent=2) + "\n")
     return None
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what a run writes in its folder (nothing else), so it starts over."""
+    import shutil
+    for name in ("config.json", "checkpoint.pt", "model.pt", "curves.csv", "log.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
 
 
 def _check_settings(cfg: TrainConfig, device: torch.device) -> None:
@@ -211,7 +266,8 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     if problem:
         raise CompressError(problem)
     log = RunLog(out, tensorboard=cfg.tensorboard, rank=world.rank)
-    log.event("start", {**provenance(asdict(cfg)), "world_size": world.world_size})
+    log.event("start", {**provenance(asdict(cfg)), "augmentation": cfg.augmentation(),
+                        "world_size": world.world_size})
 
     # ------------------------------------------------------------------ data
     labels = torch.from_numpy(store.labels).to(device)
@@ -222,6 +278,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         raise CompressError(f"--batch-size {cfg.batch_size} x {world.world_size} processes is larger than the "
                             f"{len(train_indices)} training images; use a smaller batch")
     image_hw = tuple(store.manifest["shape"][:2])
+    recipe = RECIPES[cfg.augment]
     preprocessing = default_preprocessing(cfg.input_size)
     mine = slice(world.rank * cfg.batch_size, (world.rank + 1) * cfg.batch_size)  # this rank's rows of a batch
 
@@ -297,19 +354,20 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
             if teacher_rows is not None and teacher_rows.ndim == 3:  # multi-view cache: train on a stored view
                 v = torch.randint(teacher_rows.shape[1], (global_batch,), generator=gen)[mine]
                 t = teacher_rows[idx_dev, v.to(device)].float()
-                crops = [teacher_crops[idx, v]]
+                drawn = [(teacher_crops[idx, v], None)]  # the teacher's own view, as it was cached
             else:
                 if teacher_rows is not None:
                     t = teacher_rows[idx_dev].float()
-                crops = [sample_crops(global_batch, gen, image_hw, (cfg.crop_scale_min, 1.0), flip=cfg.hflip)[mine]
+                drawn = [sample_views(recipe, global_batch, gen, image_hw, cfg.crop_scale_min, cfg.hflip)
                          for _ in range(method.views)]
-            views = [render(images, c, cfg.input_size, preprocessing["mean"], preprocessing["std"])
-                     for c in crops]
+                drawn = [(c[mine], None if k is None else k[mine]) for c, k in drawn]
+            views = [render(images, c, cfg.input_size, preprocessing["mean"], preprocessing["std"], color=k)
+                     for c, k in drawn]
             if cfg.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if live is not None:  # the same crop, with the teacher's own normalisation
-                    x_t = render(images, crops[0], cfg.input_size, live.mean, live.std)
+                    x_t = render(images, drawn[0][0], cfg.input_size, live.mean, live.std, color=drawn[0][1])
                     t = live(x_t.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x_t)
                 loss, extra = model(views, t, labels[idx_dev], idx_dev)
             if _any_rank(not bool(torch.isfinite(loss.detach())), device):

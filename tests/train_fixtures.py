@@ -11,7 +11,7 @@ from pipeline.models import build_backbone
 from stages.prepare import PrepareConfig, prepare
 
 # every option of the tiny preset spelled out, so the commands read like a user's
-TINY = ["--input-size", "8", "--batch-size", "32", "--bank-size", "64", "--seed", "0", "--epochs", "1",
+TINY = ["--small-input", "--input-size", "8", "--batch-size", "32", "--bank-size", "64", "--seed", "0", "--epochs", "1",
         "--no-tensorboard", "--device", "cpu", "--crd-negatives", "64"]
 
 

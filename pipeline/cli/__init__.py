@@ -69,11 +69,11 @@ def main():
     \b
     Example, the whole path on the embedded digits data:
       compress-cache prepare --dataset digits --out data/digits
-      compress-cache teacher --data data/digits --out runs/teacher --arch resnet18_w32 \\
+      compress-cache teacher --data data/digits --out runs/teacher --arch resnet18_w32 --small-input \\
           --input-size 8 --epochs 30 --batch-size 64 --bank-size 256 --no-hflip
       compress-cache extract --data data/digits --weights runs/teacher/model.pt --out runs/teacher.zarr
       compress-cache train --data data/digits --cache runs/teacher.zarr --student resnet18_w16 \\
-          --input-size 8 --epochs 10 --no-hflip --out runs/r18w16
+          --small-input --input-size 8 --epochs 10 --no-hflip --out runs/r18w16
       compress-cache eval --data data/digits --model runs/r18w16/model.pt --out metrics/r18w16.json
       compress-cache report --metrics metrics
 
