@@ -1,16 +1,19 @@
-"""Linear probe on frozen features: the paper's head and schedule, trained on (cached) feature matrices.
+"""Linear probe: the paper's head and schedule, here trained on (cached) feature matrices - the fast probe.
 
-Head (CompRess): l2-normalise -> fixed per-dimension standardisation, computed once over the train features
-(a BatchNorm without affine, frozen) -> Linear. Optimiser: SGD lr 0.01, momentum 0.9; the paper runs 40 epochs
-with lr x0.1 at epochs 15 and 30. The milestones are kept as fractions of the run (15/40, 30/40), so a shorter
-run on small data keeps the same shape; the schedule is precomputed per iteration and indexed by the step.
+Head (CompRess): l2-normalise -> fixed per-dimension standardisation, computed once over the centre-crop train
+features (a BatchNorm without affine, frozen) -> Linear. Optimiser (paper): SGD lr 0.01, momentum 0.9, weight
+decay 1e-4, batch 256, 40 epochs with lr x0.1 at epochs 15 and 30. The milestones are kept as fractions of the
+run (15/40, 30/40), so a shorter run keeps the same shape; the schedule is precomputed per iteration and
+indexed by the step. The reported number is the head after the last epoch: nothing is selected on val.
 
-What this is not: the paper trained on augmented images through the frozen backbone. Here the features are
-computed once on centre crops (`protocol` in the record says so), which is far cheaper and deterministic.
-`check_frozen` is MoCo's sanity check: the backbone must be bit-identical after probing.
+This module's `train_probe` trains on features computed once on the evaluation view (`probe: "cached"` in the
+record): far cheaper than the paper and deterministic. The paper's own protocol, augmented views rendered every
+epoch through the frozen backbone, is pipeline/augmented_probe.py; both share the head, optimiser and schedule
+defined here. `check_frozen` is MoCo's sanity check: the backbone must be bit-identical after probing.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,7 +22,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import CompressError
 
-PROTOCOL = "cached-features: frozen centre-crop features, l2-normalise, fixed standardisation, Linear"
+PROTOCOL = "cached-features: frozen evaluation-view features, l2-normalise, fixed standardisation, Linear"
+REPORTED = "last epoch (the head after the final epoch; no selection on val)"
 
 
 @dataclass
@@ -29,7 +33,7 @@ class ProbeConfig:
     gamma: float = 0.1
     lr: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4
     batch_size: int | None = 256  # None: full batch
     seed: int = 0
 
@@ -48,56 +52,88 @@ def head_inputs(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
     return (F.normalize(x.float(), dim=1) - mean) / std
 
 
+class ProbeHead(torch.nn.Module):
+    """l2-normalise -> fixed standardisation (buffers, never trained) -> Linear, initialised from `seed`."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_classes: int, seed: int):
+        super().__init__()
+        self.register_buffer("mean", mean.detach().float())
+        self.register_buffer("std", std.detach().float())
+        dim = len(mean)
+        self.linear = torch.nn.Linear(dim, num_classes, device=mean.device)
+        g = torch.Generator().manual_seed(seed)  # independent of the global RNG
+        with torch.no_grad():
+            bound = 1 / dim ** 0.5
+            self.linear.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=g))
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(head_inputs(x, self.mean, self.std))
+
+
 def lr_schedule(cfg: ProbeConfig, iters_per_epoch: int) -> np.ndarray:
     """Learning rate of every iteration: step decay at the milestone epochs."""
     epoch = np.arange(cfg.epochs * iters_per_epoch) / iters_per_epoch
-    drops = sum((epoch >= round(m * cfg.epochs)).astype(int) for m in cfg.milestones)
+    drops = sum(((epoch >= round(m * cfg.epochs)).astype(int) for m in cfg.milestones), np.zeros(len(epoch), int))
     return cfg.lr * cfg.gamma ** drops
 
 
-def train_probe(train_x, train_y, num_classes: int, cfg: ProbeConfig = ProbeConfig(),
-                device: torch.device = torch.device("cpu")):
-    """Train the head; return (predict(x) -> labels, record)."""
-    x, y = _tensor(train_x, device).float(), _tensor(train_y, device).long()
-    if len(x) == 0:
-        raise CompressError("linear probe: the train split is empty; check the image store's split")
-    mean, std = standardiser(x)
-    z = head_inputs(x, mean, std)
-    g = torch.Generator().manual_seed(cfg.seed)
-    linear = torch.nn.Linear(z.shape[1], num_classes).to(device)
-    with torch.no_grad():  # seeded init, independent of the global RNG
-        bound = 1 / z.shape[1] ** 0.5
-        linear.weight.copy_(torch.empty_like(linear.weight, device="cpu").uniform_(-bound, bound, generator=g))
-        linear.bias.zero_()
-    opt = torch.optim.SGD(linear.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    bs = len(z) if cfg.batch_size is None else min(cfg.batch_size, len(z))
-    iters = (len(z) + bs - 1) // bs
-    schedule = lr_schedule(cfg, iters)
+Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (head input, labels) batches
+
+
+def fit_head(head: ProbeHead, batches: Batches, iters_per_epoch: int, cfg: ProbeConfig) -> tuple[int, float]:
+    """SGD over `cfg.epochs` epochs of `batches(epoch)` on the per-iteration schedule; (steps, last loss)."""
+    opt = torch.optim.SGD(head.linear.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    schedule = lr_schedule(cfg, iters_per_epoch)
     step, loss = 0, torch.tensor(float("nan"))
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(z), generator=g).to(device)
-        for lo in range(0, len(z), bs):
+    for epoch in range(cfg.epochs):
+        for x, y in batches(epoch):
             for group in opt.param_groups:
                 group["lr"] = float(schedule[step])
-            idx = order[lo:lo + bs]
-            loss = F.cross_entropy(linear(z[idx]), y[idx])
+            loss = F.cross_entropy(head(x), y)
             if not torch.isfinite(loss):
                 raise CompressError(f"linear probe: loss became {loss.item()} at step {step}; lower the lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
+    return step, loss.item()
 
+
+def probe_record(kind: str, protocol: str, cfg: ProbeConfig, batch_size: int, steps: int, loss: float) -> dict:
+    """What the metrics file says about a probe: which one ran, every setting, and which epoch is reported."""
+    return {"probe": kind, "protocol": protocol, **asdict(cfg), "milestones": list(cfg.milestones),
+            "milestone_epochs": [round(m * cfg.epochs) for m in cfg.milestones], "batch_size": batch_size,
+            "iterations": steps, "schedule": "per-iteration step decay", "reported": REPORTED,
+            "standardisation": "fixed: mean/std of the l2-normalised evaluation-view train features",
+            "final_loss": loss}
+
+
+def predictor(head: ProbeHead, device) -> Callable[[object], np.ndarray]:
     @torch.no_grad()
     def predict(q) -> np.ndarray:
-        return linear(head_inputs(_tensor(q, device), mean, std)).argmax(1).cpu().numpy()
+        return head(_tensor(q, device)).argmax(1).cpu().numpy()
+    return predict
 
-    record = {"protocol": PROTOCOL, **asdict(cfg), "milestone_epochs": [round(m * cfg.epochs)
-                                                                       for m in cfg.milestones],
-              "batch_size": bs, "iterations": step, "schedule": "per-iteration step decay",
-              "final_loss": loss.item()}
-    record["milestones"] = list(cfg.milestones)
-    return predict, record
+
+def train_probe(train_x, train_y, num_classes: int, cfg: ProbeConfig = ProbeConfig(),
+                device: torch.device = torch.device("cpu")):
+    """The fast probe on feature matrices; return (predict(features) -> labels, record)."""
+    x, y = _tensor(train_x, device).float(), _tensor(train_y, device).long()
+    if len(x) == 0:
+        raise CompressError("linear probe: the train split is empty; check the image store's split")
+    head = ProbeHead(*standardiser(x), num_classes, cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # the order of the batches
+    bs = len(x) if cfg.batch_size is None else min(cfg.batch_size, len(x))
+
+    def batches(epoch):
+        order = torch.randperm(len(x), generator=g).to(device)
+        for lo in range(0, len(x), bs):
+            yield x[order[lo:lo + bs]], y[order[lo:lo + bs]]
+
+    steps, loss = fit_head(head, batches, (len(x) + bs - 1) // bs, cfg)
+    return predictor(head, device), probe_record("cached", PROTOCOL, cfg, bs, steps, loss)
 
 
 def snapshot(module: torch.nn.Module) -> dict:

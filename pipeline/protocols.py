@@ -5,6 +5,8 @@ probe schedules without saying so.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -39,11 +41,14 @@ def _check(train_x, train_y, val_x, val_y, num_classes: int) -> None:
 def evaluate_features(train_x, train_y, val_x, val_y, num_classes: int, *, knn_k: int = 20,
                       knn_tau: float = 0.07, ca_clusters: int | None = None, seed: int = 0,
                       probe_epochs: int = 40, probe_batch_size: int | None = 256,
-                      device: torch.device | str = "cpu", return_predictions: bool = False) -> dict:
+                      device: torch.device | str = "cpu", return_predictions: bool = False,
+                      train_linear: Callable | None = None) -> dict:
     """{"nn", "knn20", "linear", "ca", "ca_count" (top-1 %), "protocols": {...}}.
 
     `knn20` is named for the default k; `protocols.knn.k` says which k ran. With `return_predictions` the
     dict also holds "predictions": {"nn", "knn", "linear"} val label arrays (not for JSON).
+    `train_linear(train_x, train_y, num_classes, device) -> (predict, record)` trains the linear probe;
+    None: the fast probe on these features (linear_probe.train_probe with probe_epochs, probe_batch_size, seed).
     """
     train_y, val_y = _labels(train_y), _labels(val_y)
     _check(train_x, train_y, val_x, val_y, num_classes)
@@ -52,8 +57,11 @@ def evaluate_features(train_x, train_y, val_x, val_y, num_classes: int, *, knn_k
     knn = KNNConfig(k=knn_k, tau=knn_tau)
     nn_pred, knn_pred = knn_classify(train_x, train_y, val_x, num_classes, knn)
 
-    probe = ProbeConfig(epochs=probe_epochs, batch_size=probe_batch_size, seed=seed)
-    predict, probe_record = train_probe(train_x, train_y, num_classes, probe, device)
+    if train_linear is None:
+        probe = ProbeConfig(epochs=probe_epochs, batch_size=probe_batch_size, seed=seed)
+        predict, probe_record = train_probe(train_x, train_y, num_classes, probe, device)
+    else:
+        predict, probe_record = train_linear(train_x, train_y, num_classes, device)
     linear_pred = predict(val_x)
 
     ca_cfg = CAConfig(clusters=ca_clusters, seed=seed)
@@ -63,7 +71,7 @@ def evaluate_features(train_x, train_y, val_x, val_y, num_classes: int, *, knn_k
         "nn": _top1(nn_pred, val_y), "knn20": _top1(knn_pred, val_y), "linear": _top1(linear_pred, val_y),
         "ca": ca["reported"], "ca_count": ca["count"],
         "protocols": {
-            "features": "l2-normalised pooled backbone output, centre crop",
+            "features": "l2-normalised features as given",
             "nn": {"k": 1, "metric": "cosine", "split": "train -> val"},
             "knn": knn.describe(),
             "linear": probe_record,

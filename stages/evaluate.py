@@ -28,6 +28,7 @@ from pipeline.protocols import evaluate_features
 from pipeline.provenance import provenance, sha256_file
 
 METRICS = ("nn", "knn20", "linear", "ca")
+PROBES = ("cached", "augmented")  # the fast probe on the features; the paper's, on augmented views
 
 
 @dataclass
@@ -43,8 +44,11 @@ class EvaluateConfig:
     knn_k: int = 20
     knn_tau: float = 0.07
     ca_clusters: int | None = None  # None: number of classes
+    probe: str = "cached"
     probe_epochs: int = 40
     probe_batch_size: int | None = 256
+    probe_crop_scale_min: float = 0.08  # augmented probe: RandomResizedCrop scale (min, 1); paper 0.08
+    probe_hflip: bool = True  # augmented probe: random horizontal flip, as the paper
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
@@ -107,11 +111,16 @@ def _model_features(path: Path, store, cfg, device, features_path: Path) -> tupl
                "arch": meta.get("arch"), "method": meta.get("method"), "preprocessing": meta["preprocessing"]}
 
 
-def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) -> tuple[np.ndarray, dict]:
+def _random_backbone(cfg: EvaluateConfig, store) -> tuple[torch.nn.Module, dict]:
     size = cfg.input_size or store.shape[1]
     backbone = build_backbone(cfg.random_init, cfg.small_input, seed=cfg.seed).eval()
     check_input_size(backbone, size, f"random-init {cfg.random_init}")
-    prep = default_preprocessing(size)
+    return backbone, default_preprocessing(size)
+
+
+def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) -> tuple[np.ndarray, dict]:
+    backbone, prep = _random_backbone(cfg, store)
+    size = prep["input_size"]
     key = {"random_init": cfg.random_init, "small_input": cfg.small_input, "seed": cfg.seed,
            "torch": torch.__version__, "data_fingerprint": store.fingerprint, "preprocessing": prep,
            "dtype": "float16"}
@@ -141,6 +150,13 @@ def _check_sources(cfg: EvaluateConfig) -> None:
         raise CompressError(f"give exactly one of --model, --cache, --random-init (got {', '.join(given) or 'none'})")
     if cfg.compare_cache is not None and cfg.compare_model is not None:
         raise CompressError("give at most one of --compare-cache, --compare-model")
+    if cfg.probe not in PROBES:
+        raise CompressError(f"unknown --probe {cfg.probe!r}; use one of {', '.join(PROBES)}")
+    if cfg.probe == "augmented" and cfg.cache is not None:
+        raise CompressError("--probe augmented trains through the network, and a teacher cache holds only its "
+                            "embeddings; evaluate the teacher's model file with --model, or use --probe cached")
+    if not 0 < cfg.probe_crop_scale_min <= 1:
+        raise CompressError(f"--probe-crop-scale-min {cfg.probe_crop_scale_min} must be in (0, 1]")
     for flag, p in (("--model", cfg.model), ("--compare-model", cfg.compare_model)):
         if p is not None and not Path(p).is_file():
             raise CompressError(f"{flag} {str(p)!r} does not exist; give the model.pt written by "
@@ -159,7 +175,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     result = evaluate_features(x[train], store.labels[train], x[val], store.labels[val], store.num_classes,
                                knn_k=cfg.knn_k, knn_tau=cfg.knn_tau, ca_clusters=cfg.ca_clusters, seed=cfg.seed,
                                probe_epochs=cfg.probe_epochs, probe_batch_size=cfg.probe_batch_size,
-                               device=device, return_predictions=True)
+                               device=device, return_predictions=True,
+                               train_linear=_augmented_probe(cfg, store, train) if cfg.probe == "augmented" else None)
     predictions = result.pop("predictions")
     metrics = {"name": cfg.name or cfg.out.stem, **{k: result[k] for k in METRICS}, "ca_count": result["ca_count"],
                "source": source, "data_fingerprint": store.fingerprint,
@@ -172,6 +189,22 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     os.replace(tmp, cfg.out)
     return metrics
+
+
+def _augmented_probe(cfg: EvaluateConfig, store: ImageStore, train: np.ndarray):
+    """The paper's probe through this model's network (a model file's, or the seeded random-init one)."""
+    from pipeline.augmented_probe import AugmentedProbeConfig, train_augmented_probe
+    if cfg.model is not None:
+        backbone, meta = load_model(cfg.model)
+        prep = meta["preprocessing"]
+    else:
+        backbone, prep = _random_backbone(cfg, store)
+    probe = AugmentedProbeConfig(epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size, seed=cfg.seed,
+                                 crop_scale=(cfg.probe_crop_scale_min, 1.0), flip=cfg.probe_hflip)
+
+    def train_linear(train_x, train_y, num_classes, device):
+        return train_augmented_probe(backbone, store, train, prep, train_x, train_y, num_classes, probe, device)
+    return train_linear
 
 
 def _features_note(source: dict) -> str:

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import linear_probe
 from pipeline.errors import CompressError
-from pipeline.linear_probe import (ProbeConfig, check_frozen, lr_schedule, snapshot, standardiser,
-                                   train_probe)
+from pipeline.linear_probe import (ProbeConfig, ProbeHead, check_frozen, fit_head, lr_schedule, predictor,
+                                   snapshot, standardiser, train_probe)
 
 
 def _separable(seed=0, n=400, d=12, c=4):
@@ -61,3 +62,45 @@ def test_check_frozen_catches_a_changed_backbone():
     net(torch.randn(4, 3))
     with pytest.raises(CompressError, match="changed"):
         check_frozen(net, before)
+
+
+def test_fast_probe_uses_the_papers_weight_decay(monkeypatch):
+    made = []
+    real = torch.optim.SGD
+
+    def recording_sgd(params, **kw):
+        made.append(kw)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", recording_sgd)
+    x, y = _separable()
+    _, record = train_probe(x, y, 4, ProbeConfig(epochs=1))
+    assert made == [{"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}]
+    assert record["probe"] == "cached" and record["weight_decay"] == 1e-4
+    # and it acts: the same run without decay ends with larger weights
+    heads = []
+    monkeypatch.setattr(linear_probe, "predictor", lambda head, device: heads.append(head))
+    for wd in (1e-4, 0.0):
+        train_probe(x, y, 4, ProbeConfig(epochs=3, lr=0.5, weight_decay=wd))
+    assert heads[0].linear.weight.norm() < heads[1].linear.weight.norm()
+
+
+def test_the_reported_head_is_the_last_epochs():
+    """fit_head returns after the final epoch with no selection: a last epoch that teaches only class 2 leaves a
+    head that predicts class 2 everywhere, however good the earlier epochs were."""
+    x, y = _separable()
+    x, y = torch.from_numpy(x), torch.from_numpy(y).long()
+    head = ProbeHead(*standardiser(x), 4, seed=0)
+    cfg = ProbeConfig(epochs=4, lr=1.0, milestones=())
+
+    def batches(epoch):
+        if epoch < cfg.epochs - 1:
+            yield x, y
+        else:
+            for _ in range(50):
+                yield x, torch.full_like(y, 2)
+    steps, _ = fit_head(head, batches, 50, cfg)
+    assert steps == 3 + 50
+    assert (predictor(head, "cpu")(x) == 2).all()
+    _, record = train_probe(x, y, 4, ProbeConfig(epochs=2))
+    assert record["reported"].startswith("last epoch") and record["iterations"] == 2 * 2

@@ -21,9 +21,19 @@ _PATH = click.Path(path_type=Path)
 @click.option("--knn-tau", type=float, default=0.07, show_default=True, help="Vote temperature: weight exp(cos/tau).")
 @click.option("--ca-clusters", type=int, default=None,
               help="k-means clusters for cluster assignment (default: number of classes; paper: 1000).")
+@click.option("--probe", type=click.Choice(["cached", "augmented"]), default="cached", show_default=True,
+              help="Linear probe. cached: on the evaluation-view features computed once (fast). augmented: the "
+                   "paper's, RandomResizedCrop + flip views rendered every epoch through the frozen network "
+                   "(one forward pass over the train set per epoch; needs --model or --random-init).")
 @click.option("--probe-epochs", type=int, default=40, show_default=True,
-              help="Linear-probe epochs; the lr drops x0.1 at 15/40 and 30/40 of them (paper schedule).")
+              help="Linear-probe epochs; the lr drops x0.1 at 15/40 and 30/40 of them (paper schedule). "
+                   "SGD lr 0.01, momentum 0.9, weight decay 1e-4; the last epoch's head is reported.")
 @click.option("--probe-batch-size", type=int, default=256, show_default=True, help="0 trains full-batch.")
+@click.option("--probe-crop-scale-min", type=float, default=0.08, show_default=True,
+              help="--probe augmented: RandomResizedCrop scale (MIN, 1); 0.08 is torchvision's and the paper's.")
+@click.option("--probe-hflip/--no-probe-hflip", default=True, show_default=True,
+              help="--probe augmented: random horizontal flips (the paper's); off for data where a mirror image "
+                   "is another class (digits).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds k-means, the probe and random init.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -41,8 +51,10 @@ def command(**kw):
       compress-cache eval --data data/digits --model runs/mnv2/model.pt --out metrics/mnv2.json \\
           --figures figures --compare-cache runs/teacher.zarr
       compress-cache eval --data data/digits --random-init resnet18 --small-input --out metrics/random.json
+      compress-cache eval --data data/in1k --model runs/r18/model.pt --probe augmented --out metrics/r18.json
     """
     kw["probe_batch_size"] = kw["probe_batch_size"] or None
     m = evaluate(EvaluateConfig(**kw))
-    click.echo(f"{m['name']}: NN {m['nn']:.2f}  kNN-{kw['knn_k']} {m['knn20']:.2f}  linear {m['linear']:.2f}  "
+    click.echo(f"{m['name']}: NN {m['nn']:.2f}  kNN-{kw['knn_k']} {m['knn20']:.2f}  "
+               f"linear ({kw['probe']} probe) {m['linear']:.2f}  "
                f"CA {m['ca']:.2f} (count score {m['ca_count']:.2f})  -> {kw['out']}")
