@@ -1,4 +1,5 @@
-"""Pictures of an evaluation: a retrieval grid (teacher vs student neighbours) and a confusion matrix.
+"""Pictures of an evaluation: a retrieval grid (a model's neighbours, beside a reference's such as the teacher's
+when one is given) and a confusion matrix.
 
 Matplotlib with the Agg backend: no display needed, same PNG on every machine.
 """
@@ -30,31 +31,34 @@ def _tile(image: np.ndarray, scale: int, colour: str, border: int) -> np.ndarray
 
 
 def compose_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours_a: np.ndarray,
-                 neighbours_b: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+                 neighbours_b: np.ndarray | None = None) -> tuple[np.ndarray, list[int], int]:
     """(canvas (rows, cols, 3) uint8, x of every column's tile, height of one row): one row per query - the
-    query framed grey, half a tile of space, its top-k under A, a whole tile of space, its top-k under B - each
-    neighbour framed green when its label is the query's, red otherwise."""
+    query framed grey, half a tile of space, its top-k under A, then (when B is given) a whole tile of space and
+    its top-k under B - each neighbour framed green when its label is the query's, red otherwise."""
     k = neighbours_a.shape[1]
     scale, border, gap = max(1, 32 // images.shape[1]), 2, 3
     th, tw = images.shape[1] * scale + 2 * border, images.shape[2] * scale + 2 * border  # one framed tile
     step = tw + gap
-    col_x = [0] + [step * (1 + j) + tw // 2 for j in range(k)] + [step * (1 + k + j) + tw for j in range(k)]
+    col_x = [0] + [step * (1 + j) + tw // 2 for j in range(k)]
+    if neighbours_b is not None:
+        col_x += [step * (1 + k + j) + tw for j in range(k)]
     canvas = np.full((len(queries) * (th + gap) - gap, col_x[-1] + tw, 3), 255, dtype=np.uint8)
     for r, q in enumerate(queries):
-        row = [(images[q], GREY)] + [(images[n], GREEN if labels[n] == labels[q] else RED)
-                                     for n in (*neighbours_a[r], *neighbours_b[r])]
+        shown = (*neighbours_a[r], *(neighbours_b[r] if neighbours_b is not None else ()))
+        row = [(images[q], GREY)] + [(images[n], GREEN if labels[n] == labels[q] else RED) for n in shown]
         for x, (image, colour) in zip(col_x, row):
             canvas[r * (th + gap):r * (th + gap) + th, x:x + tw] = _tile(image, scale, colour, border)
     return canvas, col_x, th + gap
 
 
 def retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, neighbours_a: np.ndarray,
-                   neighbours_b: np.ndarray, out: str | Path, names: tuple[str, str] = ("teacher", "student"),
+                   neighbours_b: np.ndarray | None, out: str | Path, names: tuple[str, ...] = ("teacher", "student"),
                    class_names: list[str] | None = None) -> Path:
-    """The picture of compose_grid, rows labelled with the query's class, columns titled.
+    """The picture of compose_grid, rows labelled with the query's class, columns titled with `names`.
 
     `images` (N, H, W, C) uint8 and `labels` (N,) are indexed by the global row numbers held in `queries` (Q,)
-    and `neighbours_*` (Q, k). One axes shows the composed canvas: a hundred small axes took seconds per figure.
+    and `neighbours_*` (Q, k); `neighbours_b` None draws A's block alone (a model without a reference).
+    One axes shows the composed canvas: a hundred small axes took seconds per figure.
     """
     queries = np.asarray(queries)
     k = neighbours_a.shape[1]
@@ -66,7 +70,10 @@ def retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndarray, 
                   [class_names[labels[q]] if class_names else str(labels[q]) for q in queries], fontsize=7)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    for x, title in ((col_x[0], "query"), (col_x[1], f"{names[0]} top-{k}"), (col_x[k + 1], f"{names[1]} top-{k}")):
+    titles = [(col_x[0], "query"), (col_x[1], f"{names[0]} top-{k}")]
+    if neighbours_b is not None:
+        titles.append((col_x[k + 1], f"{names[1]} top-{k}"))
+    for x, title in titles:
         ax.text(x, -4, title, fontsize=8, va="bottom")
     return _save(fig, out)
 

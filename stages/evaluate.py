@@ -221,18 +221,21 @@ def _figures(cfg, store, device, x, knn_pred, val, train) -> list[str]:
     paths = [figures.confusion_matrix(store.labels[val], knn_pred, store.num_classes,
                                       cfg.figures / f"{name}_confusion.png",
                                       f"{name}: kNN-{cfg.knn_k} on val", classes)]
+    # the retrieval grid: this model's neighbours, beside the reference's (teacher) when one is given
+    queries = np.sort(np.random.default_rng(cfg.seed).choice(val, min(cfg.grid_queries, len(val)), False))
+    ids_own = train[search(x[train], x[queries], cfg.grid_k)[1]]
+    ids_ref, names = None, (name,)
     if cfg.compare_cache is not None or cfg.compare_model is not None:
         ref, ref_source = features_of(cfg, store, device, model=cfg.compare_model, cache=cfg.compare_cache,
                                       tag=".compare")
-        queries = np.sort(np.random.default_rng(cfg.seed).choice(val, min(cfg.grid_queries, len(val)), False))
         ids_ref = train[search(ref[train], ref[queries], cfg.grid_k)[1]]
-        ids_own = train[search(x[train], x[queries], cfg.grid_k)[1]]
-        rows = np.unique(np.concatenate([queries, ids_ref.ravel(), ids_own.ravel()]))
-        images = np.stack([store.read(int(r), int(r) + 1)[0] for r in rows])  # only the rows shown
-        local = {int(r): i for i, r in enumerate(rows)}
-        remap = np.vectorize(local.__getitem__)
-        ref_name = "teacher" if ref_source["kind"] == "teacher" else Path(str(cfg.compare_model)).stem
-        paths.append(figures.retrieval_grid(images, store.labels[rows], remap(queries), remap(ids_ref),
-                                            remap(ids_own), cfg.figures / f"{name}_retrieval.png",
-                                            (ref_name, name), classes))
+        names = ("teacher" if ref_source["kind"] == "teacher" else Path(str(cfg.compare_model)).stem, name)
+    shown = [queries, ids_own.ravel()] + ([] if ids_ref is None else [ids_ref.ravel()])
+    rows = np.unique(np.concatenate(shown))
+    images = np.stack([store.read(int(r), int(r) + 1)[0] for r in rows])  # only the rows shown
+    local = {int(r): i for i, r in enumerate(rows)}
+    remap = np.vectorize(local.__getitem__)
+    first, second = (remap(ids_own), None) if ids_ref is None else (remap(ids_ref), remap(ids_own))
+    paths.append(figures.retrieval_grid(images, store.labels[rows], remap(queries), first, second,
+                                        cfg.figures / f"{name}_retrieval.png", names, classes))
     return [str(p) for p in paths]

@@ -118,6 +118,23 @@ def test_retrieval_grid_frames_each_neighbour_by_whether_its_label_matches_the_q
     assert inside == [0, 10, 20, 30, 40]
 
 
+def test_figures_alone_draw_the_models_own_retrieval_grid(store, tmp_path):
+    from pipeline.figures import GREEN, GREY, RED, _rgb, compose_grid
+    data, _ = store
+    r = CliRunner().invoke(main, ["eval", "--data", str(data), "--random-init", "resnet18", "--small-input",
+                                  "--out", str(tmp_path / "r.json"), "--figures", str(tmp_path / "fig"),
+                                  "--probe-epochs", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    grid = tmp_path / "fig" / "r_retrieval.png"
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+    assert str(grid) in json.loads((tmp_path / "r.json").read_text())["figures"]
+    # without a reference the grid is the query and one block of neighbours
+    images = np.stack([np.full((8, 8, 1), 10 * i, dtype=np.uint8) for i in range(3)])
+    canvas, col_x, _ = compose_grid(images, np.array([0, 0, 1]), np.array([0]), np.array([[1, 2]]))
+    assert len(col_x) == 3 and canvas.shape[1] == col_x[-1] + (8 * 4 + 4)
+    assert [tuple(canvas[0, x]) for x in col_x] == [tuple(_rgb(c)) for c in (GREY, GREEN, RED)]
+
+
 def test_cli_help_and_one_line_errors(store, tmp_path):
     runner = CliRunner()
     for sub in ("eval", "report"):

@@ -37,8 +37,11 @@ _PATH = click.Path(path_type=Path)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds k-means, the probe and random init.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--figures", type=_PATH, default=None, help="Folder for the confusion-matrix and retrieval PNGs.")
-@click.option("--compare-cache", type=_PATH, default=None, help="Teacher cache shown beside this model in the grid.")
+@click.option("--figures", type=_PATH, default=None,
+              help="Folder for the confusion-matrix and retrieval-grid PNGs (the grid: val queries and their "
+                   "neighbours under this model).")
+@click.option("--compare-cache", type=_PATH, default=None,
+              help="Teacher cache whose neighbours the grid shows beside this model's.")
 @click.option("--compare-model", type=_PATH, default=None, help="Model file shown beside this model in the grid.")
 @click.option("--features-dir", type=_PATH, default=None,
               help="Folder for the keyed feature files (default: beside --out).")
