@@ -298,7 +298,8 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     data = DataInfo(num_items=len(store.labels), train_indices=train_indices, num_classes=store.num_classes,
                     teacher_rows=teacher_rows)
     method = build_method(cfg.method, student, teacher_dim=teacher_dim, data=data, hp=asdict(cfg),
-                          generator=torch.Generator().manual_seed(cfg.seed))
+                          generator=torch.Generator().manual_seed(cfg.seed),
+                          resuming=(out / "checkpoint.pt").exists())
     method.to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)

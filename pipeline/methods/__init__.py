@@ -44,8 +44,10 @@ def method_needs_teacher(name: str) -> bool:
 
 
 def build_method(name: str, student: nn.Module, *, teacher_dim: int | None, data: DataInfo, hp: dict,
-                 generator=None) -> nn.Module:
-    """hp: the method's hyper-parameters from the training config (bank_size, tau, ema, crd_*, seed_*, ...)."""
+                 generator=None, resuming: bool = False) -> nn.Module:
+    """hp: the method's hyper-parameters from the training config (bank_size, tau, ema, crd_*, seed_*, ...).
+    `resuming`: a checkpoint will be loaded into the method, so state it holds is not computed here (CC's
+    k-means)."""
     method_needs_teacher(name)
     queue_dtype = QUEUE_DTYPES[hp.get("amp", "none")]
     if name.startswith("compress-"):
@@ -61,9 +63,11 @@ def build_method(name: str, student: nn.Module, *, teacher_dim: int | None, data
                    dim=hp["crd_dim"], K=hp["crd_negatives"], tau=hp["crd_tau"], m=hp["crd_memory_momentum"],
                    seed=hp["seed"], generator=generator)
     if name == "cc":
-        from pipeline.methods.cc import ClusterClassification, cluster_ids
+        from pipeline.methods.cc import ClusterClassification, cluster_ids, unassigned
         k = hp["clusters"] or min(10 * data.num_classes, len(data.train_indices))
-        ids = cluster_ids(data.teacher_rows, data.train_indices, k, seed=hp["seed"])
+        # resuming, the checkpoint holds the ids: k-means again would cost ~30 min at ImageNet scale
+        ids = unassigned(data.num_items) if resuming else cluster_ids(data.teacher_rows, data.train_indices, k,
+                                                                          seed=hp["seed"])
         return ClusterClassification(student, ids, k)
     if name == "seed":
         from pipeline.methods.seed import SEED

@@ -5,7 +5,9 @@ gets the id of its nearest centroid; the student then learns to predict that id 
 training-only linear classifier.
 
 k   number of clusters (paper: 16,000 on ImageNet; default here 10 x the number of classes, at most the number
-    of training images). The ids are a buffer, saved with the run, so a resumed run never re-clusters.
+    of training images). The ids are a buffer, saved with the run's checkpoint: a resumed run builds the method
+    with `unassigned` ids (build_method(..., resuming=True)) and the checkpoint fills them, so k-means runs once
+    per run. An id left at -1 cannot train silently: cross-entropy refuses the target.
 """
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int
     x = x.float().cpu().numpy()
     centroids = kmeans(x[train_indices], k, niter=niter, seed=seed)
     return torch.from_numpy(assign(x, centroids))
+
+
+def unassigned(n: int) -> torch.Tensor:
+    """(n,) ids of -1: the placeholder a resumed run's checkpoint overwrites."""
+    return torch.full((n,), -1, dtype=torch.long)
 
 
 class ClusterClassification(nn.Module):
