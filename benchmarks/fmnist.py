@@ -94,7 +94,12 @@ class Study:
         return ImageStore(self.data)
 
     def teacher_file(self) -> Path:
-        return self.work / "teacher" / "model.pt" if self.smoke else TEACHER_FILE
+        if not self.smoke:
+            return TEACHER_FILE
+        made = self.work / "teacher" / "model.pt"
+        if not made.exists():  # `main --smoke` alone works: the smoke teacher is made on first use
+            self.make_teacher()
+        return made
 
     def make_teacher(self) -> Path:
         from pipeline.cli import main as cli
