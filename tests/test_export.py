@@ -65,3 +65,18 @@ def test_onnx_without_the_package_is_a_clear_error(run):
 def test_run_dir_without_model_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["export", str(tmp_path), "--format", "torchscript"])
     assert result.exit_code == 1 and "holds no model.pt" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
+def test_onnx_export_is_checked_by_onnxruntime(run, tmp_path):
+    import onnxruntime
+    run_dir, backbone = run
+    out = tmp_path / "student.onnx"
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    side = json.loads(out.with_name(out.name + ".json").read_text())
+    assert side["check"]["checked"] and side["check"]["max_abs_diff"] <= 1e-4
+    session = onnxruntime.InferenceSession(str(out))
+    got = session.run(None, {session.get_inputs()[0].name: _probe().numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), backbone(_probe()), atol=1e-4)
