@@ -117,4 +117,9 @@ def _short(v) -> str:
 
 
 def is_cache(path: Path) -> bool:
-    return (Path(path) / "zarr.json").is_file() and FORMAT in (Path(path) / "zarr.json").read_text()
+    """A folder whose zarr.json names the cache format (read as bytes: a damaged file is just not a cache)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        return meta.is_file() and FORMAT.encode() in meta.read_bytes()
+    except OSError:
+        return False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,18 @@ def now() -> str:
 
 
 def create(path: str | Path, spec: CacheSpec, provenance: dict | None = None) -> zarr.Group:
-    """A new, empty, incomplete store. The caller holds the lock and has removed any previous store."""
+    """A new, empty, incomplete store. The caller holds the lock and has removed any previous store. A failure
+    half-way (no space, no permission) removes what was made: a half-created store would block every later run."""
     path = Path(path)
+    try:
+        return _create(path, spec, provenance)
+    except OSError as e:
+        shutil.rmtree(path, ignore_errors=True)
+        raise CacheError(f"cannot create teacher cache {path}: {os.strerror(e.errno) if e.errno else e}; "
+                         f"free some space or choose a writable --out, then re-run the same command") from None
+
+
+def _create(path: Path, spec: CacheSpec, provenance: dict | None) -> zarr.Group:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     common = dict(compressors=None, filters=None, fill_value=0)
     group.create_array(EMBEDDINGS, shape=spec.shape, dtype=spec.dtype,
@@ -61,11 +72,23 @@ def array(group: zarr.Group, name: str = EMBEDDINGS):
     try:
         return group[name]
     except KeyError:
-        raise CacheError(f"{group.store}: the cache has no {name!r} array; re-run extract with --overwrite")
+        raise CacheError(f"{_where(group)}: the cache has no {name!r} array; re-run extract with --overwrite")
+    except Exception as e:  # damaged array metadata (zarr.json): a JSON or validation error from zarr
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise CacheError(f"{_where(group)}: the {name!r} array's metadata ({name}/zarr.json) is unreadable "
+                         f"({type(e).__name__}: {first}); re-run extract with --overwrite") from None
+
+
+def _where(group: zarr.Group) -> str:
+    return str(getattr(group.store, "root", group.store))
 
 
 def spec_of(attrs: dict) -> CacheSpec:
-    return CacheSpec(**{k: attrs[k] for k in CacheSpec.__dataclass_fields__})
+    try:
+        return CacheSpec(**{k: attrs[k] for k in CacheSpec.__dataclass_fields__})
+    except (KeyError, TypeError) as e:
+        raise CacheError(f"the cache's attributes are incomplete or damaged ({type(e).__name__}: {e}); "
+                         f"re-run extract with --overwrite") from None
 
 
 def open_or_create(path: str | Path, spec: CacheSpec, overwrite: bool = False,

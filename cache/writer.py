@@ -7,6 +7,11 @@ Protocol, per shard k (any rank, any order, never two writers on one shard):
   3. write `progress/shard-<k>.json` with those checksums (temp name + rename).
 A shard with a valid marker is done; everything else is redone. `finalize` (one process, after every rank has
 finished) collects the markers into the `checksums` attribute and only then sets `complete = true`.
+
+A store marked complete is re-checked before it is reused (`damaged_shards`); one with damaged shards is turned
+back into an incomplete one whose good shards keep their markers (`reopen`), so only the damaged ones are redone.
+A failed write (no space, read-only) is one CacheError naming the path and the cause; Zarr's own temporary is
+removed by Zarr, ours by `clean_debris` on the next run.
 """
 from __future__ import annotations
 
@@ -68,6 +73,22 @@ class CacheWriter:
 
     def write_shard(self, k: int, embeddings: np.ndarray, crops: np.ndarray | None = None) -> dict:
         """Write, read back, verify, then mark shard k done. Returns its checksums."""
+        try:
+            return self._write_shard(k, embeddings, crops)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            raise CacheError(f"cannot write shard {k} of {self.path}{where}: "
+                             f"{os.strerror(e.errno) if e.errno else e}; free some space or make it writable, "
+                             f"then re-run the same command (verified shards are kept)") from None
+
+    def _write_marker(self, k: int, checksums: dict) -> None:
+        lo, hi = self.rows(k)
+        self.progress.mkdir(exist_ok=True)
+        tmp = self._marker(k).with_name(f"{self._marker(k).name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"shard": k, "rows": [lo, hi], "checksums": checksums}))
+        os.replace(tmp, self._marker(k))
+
+    def _write_shard(self, k: int, embeddings: np.ndarray, crops: np.ndarray | None) -> dict:
         lo, hi = self.rows(k)
         want = (hi - lo,) + self.spec.shape[1:]
         embeddings = np.ascontiguousarray(embeddings, dtype=self.spec.dtype)
@@ -85,10 +106,7 @@ class CacheWriter:
         if stored != written:
             raise CacheError(f"shard {k} of {self.path} (rows {lo}..{hi - 1}) reads back different from what "
                              f"was written; check the disk and re-run the same command")
-        self.progress.mkdir(exist_ok=True)
-        tmp = self._marker(k).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"shard": k, "rows": [lo, hi], "checksums": written}))
-        os.replace(tmp, self._marker(k))
+        self._write_marker(k, written)
         return written
 
     def finalize(self) -> dict:
@@ -108,9 +126,41 @@ class CacheWriter:
         if missing:
             raise CacheError(f"{self.path}: {len(missing)} of {self.spec.num_shards} shards are not written "
                              f"(first: {missing[:5]}); re-run the same extract command to finish them")
-        self.group.attrs.update({"checksums": checksums, "complete": True, "completed": now()})
-        shutil.rmtree(self.progress, ignore_errors=True)
+        try:
+            self.group.attrs.update({"checksums": checksums, "complete": True, "completed": now()})
+        except OSError as e:  # Zarr rewrites zarr.json through a temporary: the old one is intact
+            raise CacheError(f"cannot mark {self.path} complete: {os.strerror(e.errno) if e.errno else e}; free "
+                             f"some space and re-run the same command (every shard is kept)") from None
+        self.clear_progress()
         return attributes(self.group)
+
+    def clear_progress(self) -> None:
+        """Remove the markers of a complete store (also those left by a kill between completion and removal)."""
+        shutil.rmtree(self.progress, ignore_errors=True)
+
+    def damaged_shards(self) -> list[int]:
+        """The shards of a complete store whose stored values no longer match its recorded checksums."""
+        sums = attributes(self.group).get("checksums") or {}
+        bad = []
+        for k in range(self.spec.num_shards):
+            try:
+                ok = self._read_checksums(k) == {name: sums[name][k] for name in self._names()}
+            except Exception:  # a missing or undecodable shard file, or missing checksums
+                ok = False
+            if not ok:
+                bad.append(k)
+        return bad
+
+    def reopen(self, damaged: list[int]) -> None:
+        """Make a complete store with damaged shards incomplete again: markers for the sound shards first (from
+        the recorded checksums), then `complete = false`, so the next pass redoes only the damaged ones."""
+        sums = attributes(self.group).get("checksums") or {}
+        for k in sorted(set(range(self.spec.num_shards)) - set(damaged)):
+            self._write_marker(k, {name: sums[name][k] for name in self._names()})
+        self.group.attrs.update({"complete": False, "checksums": None, "completed": None})
+
+    def _names(self) -> list[str]:
+        return ["embeddings"] + (["crops"] if self.crops is not None else [])
 
     def shards_done(self) -> int:
         return sum(1 for _ in self.progress.glob("shard-*.json")) if self.progress.exists() else 0

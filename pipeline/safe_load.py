@@ -30,7 +30,7 @@ def load_checkpoint(path: str | Path) -> object:
         raise CompressError(f"checkpoint {path} is empty (0 bytes); download or copy it again")
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:  # not a refusal by weights_only: bytes that are no pickle at all
@@ -40,7 +40,14 @@ def load_checkpoint(path: str | Path) -> object:
                             f" (it calls {found.group(1)}). Only tensors and plain containers are accepted; "
                             f"re-save the weights with torch.save(model.state_dict(), PATH) from code you trust"
                             ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+    except Exception as e:  # a text file or random bytes fail deep in the unpickler (IndexError, ...)
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise CompressError(f"checkpoint {path} cannot be read: truncated, corrupted or not a PyTorch file "
                             f"({type(e).__name__}: {first}); download or copy it again") from None
+    if isinstance(obj, dict) and "tensors_sha256" in obj:  # files this project writes carry their checksum
+        from pipeline.tensor_check import tensors_sha256
+        recorded = obj.pop("tensors_sha256")
+        if tensors_sha256(obj) != recorded:
+            raise CompressError(f"{path} is damaged: its tensors do not match the checksum recorded when it was "
+                                f"written; copy it again or re-create it")
+    return obj

@@ -19,11 +19,12 @@ from stages.extract import ExtractConfig, extract
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="float16 halves disk and RAM; a unit row's self-dot and any dot product move by less than "
                    "1e-3 (measured: up to 5.4e-4 at 64-d, 9e-5 at 2048-d; benchmarks/fp16_cosine.py).")
-@click.option("--views", type=int, default=1, show_default=True,
+@click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
               help="Views per image. >1 adds RandomResizedCrop+flip views (view 0 = centre) and stores their crops.")
 @click.option("--view-seed", type=int, default=0, show_default=True, help="Seed of the augmented views.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
-@click.option("--shard-rows", type=int, default=0, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per forward pass.")
+@click.option("--shard-rows", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rows per shard (the unit of writing and resuming); 0 picks ~32 MiB shards.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Rebuild a store made for another request instead of refusing.")
@@ -49,7 +50,10 @@ def command(data, teacher, weights, weights_format, embedding, out, dtype, views
         t = a["teacher"]
         click.echo(f"teacher: {t['arch']} ({t['format']} checkpoint, {t['embedding']} embedding, "
                    f"{t['embed_dim']}-d, {t['preprocessing']['input_size']} px)")
-        verb = "wrote" if result["shards_written"] else "already complete:"
+        if result["repaired"]:
+            click.echo(f"{out} was marked complete but shards {result['repaired'][:8]} no longer matched their "
+                       f"checksums: re-extracted them")
+        verb = "wrote" if result["shards_written"] else "already complete (every shard re-checked):"
         speed = result["rows_written"] / max(result["seconds"], 1e-9)
         click.echo(f"{verb} {out}: {a['n']} x {a['views']} x {a['dim']} {a['dtype']}, {a['num_shards']} shards "
                    f"({result['shards_written']} written now, {speed:.0f} img/s)")
