@@ -8,20 +8,23 @@ A plain dict saved by `torch.save` holding only tensors, strings and numbers, so
     state_dict      the backbone's weights (train-time heads are never included)
     preprocessing   {"mean", "std", "input_size", "crop_fraction", "resize"}: how images become inputs
                     (the evaluation view: pipeline/eval_view.py)
-    data_fingerprint, method, provenance
+    data_fingerprint, method, provenance, identity (pipeline/run_identity.py) for trained students
+    tensors_sha256  sha256 of every tensor above (pipeline/tensor_check.py), checked whenever the file is loaded
+                    (pipeline/safe_load.py); files written before it existed load unchecked
+
+A model holding a non-finite value is never written.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import torch
-
+from pipeline.atomic import make_dir, torch_save
 from pipeline.errors import CompressError
 from pipeline.eval_view import DEFAULT_RESIZE, default_crop_fraction
 from pipeline.models import Backbone, build_backbone
 from pipeline.safe_load import load_checkpoint
 from pipeline.strict_load import load_strict
+from pipeline.tensor_check import first_non_finite, tensors_sha256
 
 FORMAT = "compress-cache/model"
 
@@ -37,14 +40,18 @@ def default_preprocessing(input_size: int, crop_fraction: float | None = None, r
 
 
 def save_model(path: str | Path, backbone: Backbone, preprocessing: dict, **meta) -> None:
-    """Write atomically: a reader never sees half a file."""
+    """Write atomically (a reader never sees half a file), with the checksum of its tensors; refuse (CompressError,
+    nothing written) a model with a non-finite weight."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **backbone.describe(), "preprocessing": preprocessing,
                "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, **meta}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    bad = first_non_finite(payload["state_dict"])
+    if bad is not None:
+        raise CompressError(f"{path} not written: the model's {bad} holds non-finite values; lower --lr or use "
+                            f"--amp none")
+    payload["tensors_sha256"] = tensors_sha256(payload)
+    make_dir(path.parent)
+    torch_save(path, payload)
 
 
 def read_model_file(path: str | Path) -> dict:

@@ -1,5 +1,8 @@
 """What a training run tells the world: a progress bar, one JSON line per epoch (`log.jsonl`), a CSV of the
-curves for `dvc plots` (`curves.csv`) and TensorBoard events (`tb/`)."""
+curves for `dvc plots` (`curves.csv`) and TensorBoard events (`tb/`).
+
+A failed write (no space, read-only) stops the run with one line naming the file and the cause, like every
+other write of a run: a run whose log cannot be written is not one to trust."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +12,8 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from pipeline.atomic import io_error
 
 _CURVE_FIELDS = ("epoch", "step", "loss", "lr", "img_per_s")
 
@@ -24,11 +29,22 @@ class RunLog:
                 self._tb = SummaryWriter(str(self.out / "tb"))
             except ImportError:  # tensorboard is optional at run time
                 self._tb = None
+            except OSError as e:
+                raise io_error(self.out / "tb", e) from None
 
     def _write(self, record: dict) -> None:
         if self.rank == 0:
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record, default=str) + "\n")
+            try:
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record, default=str) + "\n")
+            except OSError as e:
+                raise io_error(self.out / "log.jsonl", e) from None
+
+    def _tensorboard(self, call, *args) -> None:
+        try:
+            call(*args)
+        except Exception as e:  # its writer thread reports a failed write on the next call
+            raise io_error(self.out / "tb", e) from None
 
     def event(self, kind: str, payload: dict) -> None:
         self._write({"event": kind, "time": time.time(), **payload})
@@ -43,10 +59,10 @@ class RunLog:
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", refresh=False)
         if self._tb is not None:
-            self._tb.add_scalar("train/loss", loss, step)
-            self._tb.add_scalar("train/lr", lr, step)
+            self._tensorboard(self._tb.add_scalar, "train/loss", loss, step)
+            self._tensorboard(self._tb.add_scalar, "train/lr", lr, step)
             for k, v in extra.items():
-                self._tb.add_scalar(f"train/{k}", v, step)
+                self._tensorboard(self._tb.add_scalar, f"train/{k}", v, step)
 
     def epoch(self, record: dict) -> None:
         self._write({"event": "epoch", **record})
@@ -54,17 +70,20 @@ class RunLog:
             return
         path = self.out / "curves.csv"
         new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=_CURVE_FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(record)
+        try:
+            with open(path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=_CURVE_FIELDS, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow(record)
+        except OSError as e:
+            raise io_error(path, e) from None
         loss = record["loss"]
         print(f"epoch {record['epoch']}: loss {loss:.4f}  lr {record['lr']:.3g}  "
               f"{record['img_per_s']:.0f} img/s  {record['seconds']:.1f} s", file=sys.stderr)
         if self._tb is not None:
-            self._tb.add_scalar("epoch/img_per_s", record["img_per_s"], record["step"])
+            self._tensorboard(self._tb.add_scalar, "epoch/img_per_s", record["img_per_s"], record["step"])
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            self._tensorboard(self._tb.close)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -21,8 +22,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cache.errors import CacheError
+from cache.lock import StoreLock
 from pipeline import distributed
 
+from pipeline.atomic import io_error, make_dir, remove_temporaries, write_text
 from pipeline.augment import RECIPES, render, sample_views
 from pipeline.checkpoint import restore_checkpoint, save_checkpoint
 from pipeline.code_digest import code_digest
@@ -34,6 +38,7 @@ from pipeline.methods import METHODS, NEEDS_CACHE, DataInfo, build_method, metho
 from pipeline.modelfile import default_preprocessing, save_model
 from pipeline.models import build_backbone, check_input_size
 from pipeline.provenance import provenance
+from pipeline.run_identity import describe, run_identity
 from pipeline.run_log import RunLog
 from pipeline.schedules import lr_schedule
 from pipeline.settings import setting
@@ -160,26 +165,57 @@ def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
     A key the saved file lacks (a run older than the option) counts as that option's default."""
     current = _record(cfg)
     defaults = {f.name: f.default for f in fields(TrainConfig) if isinstance(f.default, (int, float, str, bool))}
-    return sorted(k for k in current if k not in TrainConfig.RESUMABLE_CHANGES
+    return sorted(k for k in current if k not in TrainConfig.RESUMABLE_CHANGES and k not in PATH_SETTINGS
                   and saved.get(k, defaults.get(k)) != current[k])
 
 
-def _check_or_write_config(cfg: TrainConfig, out: Path) -> str | None:
-    """None when `out` is new or holds a run with these settings; else the message to stop with."""
+# Paths are compared by what they hold (the run's identity, pipeline/run_identity.py), never by how they are
+# spelled: the same data by another path resumes, another teacher at the same path is refused.
+PATH_SETTINGS = ("data", "cache", "out", "teacher_weights")
+
+
+def _read_config(out: Path) -> dict | None:
+    """The run's saved config.json; None when there is none, or when it is unreadable and nothing was trained
+    under it (no checkpoint): it is written again once the inputs are checked."""
     path = out / "config.json"
-    current = _record(cfg)
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = changed_settings(saved, cfg)
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError) as e:
+        if (out / "checkpoint.pt").exists():
+            raise CompressError(f"{path} is unreadable ({type(e).__name__}) but {out} holds a checkpoint; restore "
+                                f"the file, or start over with --restart always or a new --out folder") from None
+        return None
+
+
+def _check_or_write_config(cfg: TrainConfig, out: Path, identity: dict) -> str | None:
+    """None when `out` is new or holds a run with these settings, code and identity; else the message to stop
+    with. Writes nothing: config.json is written by `_write_config` once the inputs have been checked."""
+    path = out / "config.json"
+    current = {**_record(cfg), "identity": identity}
+    saved = _read_config(out)
+    if saved is not None:
+        # identity: a config.json older than it counts as the same; its checkpoint then refuses (no identity)
+        changed = changed_settings(saved, cfg) + (["identity"] if saved.get("identity", identity) != identity
+                                                  else [])
         if cfg.restart == "always" or (changed and cfg.restart == "if-changed"):
             _clear_run(out)
         elif changed:
-            diffs = ", ".join(f"{k}: {saved.get(k, '(default)')!r} -> {current[k]!r}" for k in changed[:4])
-            return (f"{out} holds a run with other settings or code ({diffs}); resume with the same settings, "
-                    f"start it over with --restart if-changed, or choose a new --out folder")
-    if not path.exists():
-        path.write_text(json.dumps({**current, "augmentation": cfg.augmentation()}, indent=2) + "\n")
+            diffs = ", ".join(f"{k}: {saved.get(k, '(default)')!r} -> {current[k]!r}" for k in changed[:4]
+                              if k != "identity")
+            if "identity" in changed:  # both named, by content: which data, which teacher
+                diffs = "; ".join(filter(None, [diffs, f"trained on {describe(saved['identity'])}, this command "
+                                                       f"gives {describe(identity)}"]))
+            return (f"{out} holds a run with other settings, code or data ({diffs}); resume with the same "
+                    f"settings and inputs, start it over with --restart if-changed, or choose a new --out folder")
     return None
+
+
+def _write_config(cfg: TrainConfig, out: Path, identity: dict) -> None:
+    """Pin the run's settings, code and identity, once its inputs have been checked (a refused start pins
+    nothing); atomic, so a full disk leaves no empty config.json behind."""
+    if _read_config(out) is None:
+        write_text(out / "config.json", json.dumps({**_record(cfg), "identity": identity,
+                                                    "augmentation": cfg.augmentation()}, indent=2) + "\n")
 
 
 def _clear_run(out: Path) -> None:
@@ -190,7 +226,24 @@ def _clear_run(out: Path) -> None:
     shutil.rmtree(out / "tb", ignore_errors=True)
 
 
+def _check_values(cfg: TrainConfig) -> None:
+    """The ranges of the settings (pipeline/settings.py) hold for a config built in code as well as on the command
+    line (where they are usage errors): a non-finite or out-of-range number stops the run before it writes."""
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        low, high, low_open, high_open = f.metadata.get("range", (None, None, False, False))
+        if (not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low))
+                or (high is not None and (v >= high if high_open else v > high))):
+            bounds = [f"{'>' if low_open else '>='} {low}" if low is not None else "",
+                      f"{'<' if high_open else '<='} {high}" if high is not None else ""]
+            raise CompressError(f"--{f.name.replace('_', '-')} {v!r} is out of range: use a finite number "
+                                f"{' and '.join(b for b in bounds if b)}".rstrip())
+
+
 def _check_settings(cfg: TrainConfig, device: torch.device) -> None:
+    _check_values(cfg)
     if cfg.teacher_source not in ("cached", "live"):
         raise CompressError(f"unknown --teacher-source {cfg.teacher_source!r}; use cached or live")
     if cfg.bn_groups < 1 or cfg.batch_size % cfg.bn_groups:
@@ -250,19 +303,48 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     world = distributed.init(device)  # a no-op without torchrun
+    lock = None
     try:
+        lock = _lock_run(cfg, world)
         return _train(cfg, device, world)
     finally:
+        if lock is not None:
+            lock.release()
         if world.world_size > 1:
             distributed.cleanup()
+
+
+def _lock_run(cfg: TrainConfig, world: distributed.World) -> StoreLock | None:
+    """One writer per run folder: rank 0 holds an flock on the sibling `OUT.lock` (dropped by the kernel when the
+    process dies, even by SIGKILL) and removes temporaries a killed run left; every rank learns the outcome."""
+    lock, problem = None, None
+    if world.is_main:
+        try:
+            make_dir(cfg.out, "--out")
+            lock = StoreLock(cfg.out).acquire()
+            remove_temporaries(cfg.out)
+        except (CompressError, CacheError) as e:
+            problem = str(e)
+        except OSError as e:  # a read-only place, no space for the lock file
+            problem = str(io_error(f"{cfg.out} (its lock)", e, "lock"))
+    problem = distributed.broadcast_object(problem)
+    if problem is not None:
+        if lock is not None:
+            lock.release()
+        raise CompressError(problem)
+    return lock
 
 
 def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> dict:
     _check_settings(cfg, device)
     store = ImageStore(cfg.data)
+    uses_cache = method_needs_teacher(cfg.method) and cfg.teacher_source == "cached"
+    uses_live = method_needs_teacher(cfg.method) and cfg.teacher_source == "live"
+    identity = run_identity(store.fingerprint, cfg.cache if uses_cache else None,
+                            cfg.teacher_weights if uses_live else None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    problem = distributed.broadcast_object(_check_or_write_config(cfg, out) if world.is_main else None)
+    problem = distributed.broadcast_object(_check_or_write_config(cfg, out, identity) if world.is_main else None)
     if problem:
         raise CompressError(problem)
     log = RunLog(out, tensorboard=cfg.tensorboard, rank=world.rank)
@@ -328,13 +410,25 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     step = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = restore_checkpoint(ckpt, method=method, optimizer=optimizer, scaler=scaler)
+        state = restore_checkpoint(ckpt, expect_identity=identity, method=method, optimizer=optimizer,
+                                   scaler=scaler)
         step = state["step"]
         log.event("resume", {"step": step, "restored": state["restored"]})
+    if world.is_main:  # every input has been read and checked: now the folder is pinned to this run
+        _write_config(cfg, out, identity)
 
     def checkpoint(epoch: int) -> None:
+        # only finite checkpoints are written (else CompressError); every rank stops when rank 0 cannot write
+        problem = None
         if world.is_main:
-            save_checkpoint(ckpt, step=step, epoch=epoch, method=method, optimizer=optimizer, scaler=scaler)
+            try:
+                save_checkpoint(ckpt, step=step, epoch=epoch, identity=identity, method=method,
+                                optimizer=optimizer, scaler=scaler)
+            except CompressError as e:
+                problem = str(e)
+        problem = distributed.broadcast_object(problem)
+        if problem:
+            raise CompressError(problem)
 
     # ------------------------------------------------------------------ loop
     total = len(lrs)
@@ -372,8 +466,9 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
                     t = live(x_t.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x_t)
                 loss, extra = model(views, t, labels[idx_dev], idx_dev)
             if _any_rank(not bool(torch.isfinite(loss.detach())), device):
-                raise CompressError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); the last "
-                                    f"good checkpoint {ckpt} is intact - lower --lr or use --amp none")
+                kept = f"the last good checkpoint {ckpt} is intact" if ckpt.exists() else "no checkpoint was written"
+                raise CompressError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch}); {kept}, no "
+                                    f"model.pt - lower --lr or use --amp none")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -394,13 +489,21 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
             checkpoint(epoch)
 
     # ------------------------------------------------------------------ the deliverable: the student alone
+    problem = None
     if world.is_main:
-        meta = {"method": cfg.method, "data_fingerprint": store.fingerprint, "provenance": provenance(asdict(cfg))}
+        meta = {"method": cfg.method, "data_fingerprint": store.fingerprint, "identity": identity,
+                "provenance": provenance(asdict(cfg))}
         if teacher_attrs is not None:
             meta["teacher"] = teacher_attrs.get("teacher")
         if live is not None:
             meta["teacher"] = live.identity
-        save_model(out / "model.pt", method.student, preprocessing, **meta)
+        try:  # refused (nothing written) when a weight is not finite; one line when the disk is full
+            save_model(out / "model.pt", method.student, preprocessing, **meta)
+        except CompressError as e:
+            problem = str(e)
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise CompressError(problem)
     log.close()
     distributed.barrier()  # no process leaves (and tears the group down) before model.pt is written
     return {"out": str(out), "steps": step, "rank": world.rank}

@@ -21,7 +21,8 @@ _COMMANDS = {
     "extract": ("extract", "Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr "
                            "store."),
     "info": ("info", "Rows, dim, dtype, views, teacher, data fingerprint, completion and size of a cache."),
-    "verify": ("verify", "Re-check every shard of a cache; exit 1 naming each bad shard."),
+    "verify": ("verify", "Re-check every shard of a cache or every block of an image store; exit 1 naming each bad "
+                         "one."),
     "train": ("train", "Train a student (or, with --method moco, a model from scratch)."),
     "eval": ("evaluate", "Evaluate one model: NN, kNN-20, linear probe and cluster assignment, written as DVC "
                          "metrics."),
@@ -58,6 +59,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (CompressError, CacheError) as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # an I/O failure no stage words itself (issue 16): still one line, the path, the cause
+            raise click.ClickException(f"{e.filename or 'I/O'}: {e.strerror or e}; fix the cause and re-run the "
+                                       f"same command") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

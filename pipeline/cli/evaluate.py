@@ -56,6 +56,9 @@ def command(**kw):
       compress-cache eval --data data/digits --random-init resnet18 --small-input --out metrics/random.json
       compress-cache eval --data data/in1k --model runs/r18/model.pt --probe augmented --out metrics/r18.json
     """
+    if kw["out"].is_dir():  # before the evaluation runs, not after it
+        raise click.UsageError(f"--out {kw['out']} is a folder; name the metrics JSON file to write, e.g. "
+                               f"{kw['out'] / 'metrics.json'}")
     kw["probe_batch_size"] = kw["probe_batch_size"] or None
     m = evaluate(EvaluateConfig(**kw))
     click.echo(f"{m['name']}: NN {m['nn']:.2f}  kNN-{kw['knn_k']} {m['knn20']:.2f}  "

@@ -7,10 +7,9 @@ import click
 @click.command("verify")
 @click.argument("store", type=click.Path(path_type=Path))
 def command(store):
-    """Re-check every shard of a cache; exit 1 naming each bad shard.
+    """Re-check every shard of a cache or every block of an image store; exit 1 naming each bad one.
 
-    Also takes an image store (from `prepare`): every block against its checksum and the whole store against
-    its fingerprint.
+    An image store (from `prepare`) is also re-hashed whole against its fingerprint.
 
     \b
     Examples:
