@@ -122,8 +122,9 @@ def export(cfg: ExportConfig) -> dict:
         "sha256": sha256_file(out), "arch": backbone.arch,
         "small_input": backbone.small_input, "embed_dim": backbone.embed_dim,
         "preprocessing": pre,
-        "input": "float32 (N, 3, input_size, input_size) RGB: pixels / 255, centre crop of crop_fraction of each "
-                 "side resized to input_size, then (x - mean) / std per channel",
+        "input": "float32 (N, 3, input_size, input_size) RGB: short side resized to floor(input_size / "
+                 "crop_fraction) with the `resize` filter (antialiased, rounded to uint8), centre crop of "
+                 "input_size, pixels / 255, then (x - mean) / std per channel (pipeline/eval_view.py)",
         "output": "(N, embed_dim) pooled backbone features, not normalised; l2-normalise before cosine/kNN",
         "source": str(source), "source_sha256": sha256_file(source),
         "method": meta.get("method"), "data_fingerprint": meta.get("data_fingerprint"),
