@@ -37,8 +37,11 @@ class StoreLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError:  # no space for the holder's name (a full disk): the lock holds all the same
+            pass
         self._fd = fd
         return self
 
