@@ -8,6 +8,7 @@ checksum, every value finite, every row of unit norm within the stored dtype's r
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool,
         if ready:
             return np.load(target, mmap_mode="c")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # two trainers never share a temporary
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
     elif device is not None and device.type != "cpu":
         out = torch.empty(arr.shape, dtype=getattr(torch, str(arr.dtype)), device=device)
