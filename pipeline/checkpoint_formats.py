@@ -12,8 +12,16 @@ Layouts (method.md, "Teacher checkpoint formats users bring"):
     swav         {"module.<torchvision key>", "module.projection_head.*" (head), "module.prototypes.*"}
     simclr       {"state_dict": {<torchvision key>, "fc.*" (supervised classifier)}} - converted to PyTorch,
                  ResNet-50 x1/x2/x4 (the x2/x4 stem has 128/256 channels)
-    dino         {<torchvision key>} without a classifier, or a full training checkpoint
-                 {"teacher": {"module.backbone.*", "module.head.*"}, "student", "args", ...}
+    dino         {<torchvision key>} without a classifier; a ViT backbone {"cls_token", "pos_embed",
+                 "patch_embed.proj.*", "blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*", "norm.*"}
+                 (ViT-S/16, S/8, B/16, B/8); or a full training checkpoint {"teacher": {"[module.]backbone.*",
+                 "[module.]head.*"}, "student", "args" (an argparse.Namespace), ...}
+    dinov2       a ViT backbone as dino's plus "blocks.N.ls1.gamma"/"ls2.gamma" (LayerScale), "mask_token"
+                 (training only: dropped), "register_tokens" (the _reg models), and in ViT-g
+                 "blocks.N.mlp.w12.*"/"w3.*" (SwiGLU) instead of fc1/fc2
+    timm         any timm model's state dict (`--teacher timm:NAME`); told from the keys when they carry what only
+                 timm writes (ViT "reg_token", "fc_norm.*" or a "head.*" classifier; "conv_stem.*"; ConvNeXt
+                 "stem.0.*" with "stages.*"); its classifier is dropped when loading
     torchvision  {<torchvision key>} of any torchvision model, classifier included or not
     compress-cache  the model file of pipeline/modelfile.py
     compress-cache-export  a `export --format state-dict` file: {<torchvision key>} of the student backbone, with
@@ -30,8 +38,10 @@ import torch
 from pipeline.errors import CompressError
 from pipeline.modelfile import FORMAT as NATIVE_FORMAT
 from pipeline.narrow_resnet import ARCHS as NARROW_ARCHS
+from pipeline.vit import is_vit_keys, spec_from_keys
 
-FORMATS = ("auto", "moco", "swav", "simclr", "dino", "torchvision", "compress-cache", "compress-cache-export")
+FORMATS = ("auto", "moco", "swav", "simclr", "dino", "dinov2", "timm", "torchvision", "compress-cache",
+           "compress-cache-export")
 SIDECAR_FORMAT = "compress-cache/export"  # the "format" entry of an export's JSON sidecar (stages/export.py)
 
 # Containers that wrap a state dict in the checkpoints people bring, in the order they are tried.
@@ -126,9 +136,22 @@ def _map_dino(obj, sd, why) -> Mapped:
         backbone.update(leftovers)
         return Mapped("dino", why, backbone, None, "the DINO head (MLP + weight-normalised prototypes) is not "
                       "supported as an embedding")
-    if not _is_resnet(sd):
-        raise CompressError(_wrong_layout("dino", "torchvision ResNet names, or backbone.* under 'teacher'", sd))
+    if not (_is_resnet(sd) or is_vit_keys(sd)):
+        raise CompressError(_wrong_layout("dino", "torchvision ResNet names, ViT names (cls_token, pos_embed, "
+                                          "patch_embed.proj.*), or backbone.* under 'teacher'", sd))
     return Mapped("dino", why, sd, None, "DINO backbone checkpoints carry no projection head")
+
+
+def _map_dinov2(obj, sd, why) -> Mapped:
+    sd = _strip_ddp(sd)
+    if not is_vit_keys(sd):
+        raise CompressError(_wrong_layout("dinov2", "ViT names (cls_token, pos_embed, patch_embed.proj.*)", sd))
+    sd.pop("mask_token", None)  # the masked-token embedding of iBOT training: no part of the forward
+    return Mapped("dinov2", why, sd, None, "DINOv2 backbone checkpoints carry no projection head")
+
+
+def _map_timm(obj, sd, why) -> Mapped:
+    return Mapped("timm", why, _strip_ddp(sd), None, "a timm model's classifier is not an embedding")
 
 
 def _map_torchvision(obj, sd, why) -> Mapped:
@@ -151,7 +174,8 @@ def _map_export(obj, sd, why, sidecar: dict) -> Mapped:
                   sidecar["arch"], native)
 
 
-_MAPPERS = {"moco": _map_moco, "swav": _map_swav, "simclr": _map_simclr, "dino": _map_dino,
+_MAPPERS = {"moco": _map_moco, "swav": _map_swav, "simclr": _map_simclr, "dino": _map_dino, "dinov2": _map_dinov2,
+            "timm": _map_timm,
             "torchvision": _map_torchvision, "compress-cache": _map_native}
 
 
@@ -173,6 +197,19 @@ def detect(obj: object) -> tuple[str, str]:
     if any(k.startswith("backbone.") for k in keys) and where == "under 'teacher'":
         return "dino", "backbone.* keys of the 'teacher' network"
     plain = _strip_ddp(sd)
+    timm_marks = [k for k in ("reg_token", "conv_stem.weight") if k in plain]
+    if is_vit_keys(plain):  # a classifier or its pre-logits norm: DINO and DINOv2 backbones carry neither
+        timm_marks += [k for k in ("fc_norm.weight", "head.weight") if k in plain]
+    if "stem.0.weight" in plain and any(k.startswith("stages.") for k in plain):
+        timm_marks.append("stem.0.weight with stages.*")
+    if timm_marks:
+        return "timm", f"key {timm_marks[0]}, which only timm's layout has {where}; pass --teacher timm:NAME"
+    if is_vit_keys(plain):
+        v2 = [k for k in ("blocks.0.ls1.gamma", "register_tokens", "mask_token", "blocks.0.mlp.w12.weight")
+              if k in plain]
+        if v2:
+            return "dinov2", f"ViT keys with {v2[0]} {where}"
+        return "dino", f"ViT keys cls_token, pos_embed, blocks.N.* without LayerScale {where}"
     if _is_resnet(plain):
         stem = plain["conv1.weight"].shape[0]
         if stem in (128, 256) and "layer1.0.conv3.weight" in plain:
@@ -208,7 +245,11 @@ def map_checkpoint(obj: object, weights_format: str = "auto", sidecar: dict | No
 
 
 def infer_arch(sd: dict[str, torch.Tensor]) -> str | None:
-    """The ResNet name that fits torchvision-named weights (depth from block counts, width from the stem)."""
+    """The architecture that fits torchvision-named ResNet weights (depth from block counts, width from the
+    stem) or official-layout ViT weights (pipeline.vit.spec_from_keys); None for anything else."""
+    spec = spec_from_keys(sd)
+    if spec is not None:
+        return spec.name()
     if not _is_resnet(sd):
         return None
     blocks = tuple(len({m.group(1) for k in sd if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in (1, 2, 3, 4))

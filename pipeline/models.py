@@ -26,7 +26,8 @@ EXTRA_ARCHS = {**{name: build_wide_resnet50 for name in WIDE_ARCHS},
 
 
 def available_archs() -> set[str]:
-    """Every name build_backbone accepts: torchvision classification models plus EXTRA_ARCHS."""
+    """Every name build_backbone accepts: torchvision classification models plus EXTRA_ARCHS (besides the DINO /
+    DINOv2 ViTs of pipeline.vit and `timm:NAME`, checked by their modules)."""
     return set(torchvision.models.list_models(module=torchvision.models)) | set(EXTRA_ARCHS)
 
 
@@ -111,8 +112,17 @@ def _small_input_stem(arch: str, net: nn.Module) -> None:
                         f"or use one of {', '.join(KNOWN_ARCHS)}")
 
 
+def _outside(arch: str):
+    """The module that builds `arch` when torchvision does not: pipeline.vit or pipeline.timm_models."""
+    from pipeline import timm_models, vit  # they build on Backbone: imported here, not at the top
+    return next((m for m in (vit, timm_models) if m.owns(arch)), None)
+
+
 def build_backbone(arch: str, small_input: bool = False, seed: int | None = None) -> Backbone:
     """A randomly initialised backbone (seeded when `seed` is given) for `arch`."""
+    outside = _outside(arch)
+    if outside is not None:  # DINO/DINOv2 ViTs and timm models: their modules build, strip and seed them
+        return outside.build_backbone(arch, small_input, seed)
     if arch not in available_archs():
         raise CompressError(f"unknown architecture {arch!r}; use one of {', '.join(KNOWN_ARCHS)} "
                             f"or another torchvision classification model name")

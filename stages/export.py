@@ -103,7 +103,8 @@ def export(cfg: ExportConfig) -> dict:
         raise CompressError(f"{cfg.run_dir} holds no model.pt; pass the folder a `compress-cache train` run wrote")
     backbone, meta = load_model(source)
     pre = meta["preprocessing"]
-    out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "export" / f"{backbone.arch}{_SUFFIX[cfg.format]}"
+    stem = backbone.arch.replace(":", "_")  # timm:NAME -> timm_NAME: no colon in a file name
+    out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "export" / f"{stem}{_SUFFIX[cfg.format]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     probe = _probe(pre)
     with torch.no_grad():

@@ -40,6 +40,7 @@ class ExtractConfig:
     teacher: str | None = None  # architecture; None takes it from the weights file
     weights_format: str = "auto"
     embedding: str = "backbone"
+    input_size: int | None = None  # None: the teacher's own (224 for official formats); a ViT needs a patch multiple
     dtype: str = "float16"  # halves the store; a unit row's self-dot moves < 1e-3 (benchmarks/fp16_cosine.py)
     views: int = 1  # >1: view 0 is the centre crop, views 1.. are RandomResizedCrop + flip, stored in `crops`
     view_seed: int = 0
@@ -160,7 +161,7 @@ def extract(cfg: ExtractConfig) -> dict:
 
 def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
     store = ImageStore(cfg.data)
-    teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding)
+    teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding, cfg.input_size)
     teacher = teacher.to(device)
     check_input_size(teacher, identity["preprocessing"]["input_size"], f"teacher {identity['arch']}")
     spec = _request(cfg, store, identity)

@@ -5,16 +5,24 @@ import click
 
 from pipeline.checkpoint_formats import FORMATS
 from pipeline.distributed import env_world
+from pipeline.teachers import EMBEDDINGS
 from stages.extract import ExtractConfig, extract
 
 
 @click.command("extract")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Image store from `prepare`.")
-@click.option("--teacher", default=None, help="Teacher architecture, e.g. resnet50 (default: read from --weights).")
+@click.option("--teacher", default=None,
+              help="Teacher architecture, e.g. resnet50, dinov2_vits14, timm:NAME (default: read from --weights; "
+                   "timm models need it).")
 @click.option("--weights", type=click.Path(path_type=Path), required=True, help="Teacher checkpoint file.")
 @click.option("--weights-format", type=click.Choice(FORMATS), default="auto", show_default=True,
               help="Checkpoint format; auto detects it from the keys (and an export's sidecar FILE.json).")
-@click.option("--embedding", default="backbone", show_default=True, help="Which layer is the embedding.")
+@click.option("--embedding", type=click.Choice(EMBEDDINGS), default="backbone", show_default=True,
+              help="backbone: the pooled feature (ViTs: CLS after the final norm); head: the checkpoint's projection "
+                   "head; cls+avgpool: ViTs only, CLS and the mean patch token (DINOv2's linear-probe feature).")
+@click.option("--input-size", type=int, default=None,
+              help="Input side in px instead of the teacher's own (official formats: 224); a ViT's must be a "
+                   "multiple of its patch. Recorded in the cache.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write, e.g. runs/teacher.zarr.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="float16 halves disk and RAM; a unit row's self-dot and any dot product move by less than "
@@ -29,7 +37,7 @@ from stages.extract import ExtractConfig, extract
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Rebuild a store made for another request instead of refusing.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
-def command(data, teacher, weights, weights_format, embedding, out, dtype, views, view_seed, batch_size,
+def command(data, teacher, weights, weights_format, embedding, input_size, out, dtype, views, view_seed, batch_size,
             shard_rows, device, overwrite, no_progress):
     """Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr store.
 
@@ -42,8 +50,9 @@ def command(data, teacher, weights, weights_format, embedding, out, dtype, views
       torchrun --nproc_per_node=4 -m pipeline extract --data data/in1k --weights r50.pt --out runs/r50.zarr
     """
     cfg = ExtractConfig(data=data, weights=weights, out=out, teacher=teacher, weights_format=weights_format,
-                        embedding=embedding, dtype=dtype, views=views, view_seed=view_seed, batch_size=batch_size,
-                        shard_rows=shard_rows, device=device, overwrite=overwrite, progress=not no_progress)
+                        embedding=embedding, input_size=input_size, dtype=dtype, views=views, view_seed=view_seed,
+                        batch_size=batch_size, shard_rows=shard_rows, device=device, overwrite=overwrite,
+                        progress=not no_progress)
     result = extract(cfg)  # a CacheError becomes a one-line error in the command group
     a = result["attributes"]
     if env_world().is_main:
