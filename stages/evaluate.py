@@ -5,6 +5,9 @@ Student features are cached beside the metrics as `<out>.features.npy` with a ke
 the model file and the data fingerprint; a key that differs means recompute, never reuse (the original
 release reused another model's features from its output folder). Features are kept in fp16, like the teacher
 cache, and every protocol reads the fp16 values, so a first run and a cached run give the same numbers.
+
+Given a reference (`compare_cache`, the teacher's cache, or `compare_model`), the metrics also hold the teacher
+agreement `agree10` / `agree1` (pipeline/agreement.py) and the reference's identity under `agreement.against`.
 """
 from __future__ import annotations
 
@@ -53,8 +56,8 @@ class EvaluateConfig:
     batch_size: int = 256
     device: str = "auto"
     figures: Path | None = None
-    compare_cache: Path | None = None  # reference for the retrieval grid
-    compare_model: Path | None = None
+    compare_cache: Path | None = None  # the teacher: agree10 / agree1 against it, and the grid's reference
+    compare_model: Path | None = None  # the same, for a reference given as a model file
     grid_queries: int = 8
     grid_k: int = 6
     features_dir: Path | None = None  # where keyed feature files go; None: beside `out`
@@ -157,6 +160,9 @@ def _check_sources(cfg: EvaluateConfig) -> None:
                             "embeddings; evaluate the teacher's model file with --model, or use --probe cached")
     if not 0 < cfg.probe_crop_scale_min <= 1:
         raise CompressError(f"--probe-crop-scale-min {cfg.probe_crop_scale_min} must be in (0, 1]")
+    if cfg.compare_cache is not None and not Path(cfg.compare_cache).exists():  # before the protocols run
+        raise CompressError(f"--compare-cache {str(cfg.compare_cache)!r} does not exist; give the teacher cache "
+                            f"(.zarr) built by `compress-cache extract`")
     for flag, p in (("--model", cfg.model), ("--compare-model", cfg.compare_model)):
         if p is not None and not Path(p).is_file():
             raise CompressError(f"{flag} {str(p)!r} does not exist; give the model.pt written by "
@@ -182,8 +188,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                "source": source, "data_fingerprint": store.fingerprint,
                "protocols": {**result["protocols"], "features": _features_note(source)},
                "provenance": provenance(asdict(cfg))}
+    ref = None
+    if cfg.compare_cache is not None or cfg.compare_model is not None:
+        ref = features_of(cfg, store, device, model=cfg.compare_model, cache=cfg.compare_cache, tag=".compare")
+        metrics.update(_agreement(cfg, store, x, ref, train, val))
     if cfg.figures is not None:
-        metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], val, train)
+        metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], val, train, ref)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
@@ -207,13 +217,34 @@ def _augmented_probe(cfg: EvaluateConfig, store: ImageStore, train: np.ndarray):
     return train_linear
 
 
+def _agreement(cfg: EvaluateConfig, store: ImageStore, x: np.ndarray, ref: tuple, train, val) -> dict:
+    """agree10 / agree1 of this model against the reference (pipeline/agreement.py), with the reference's
+    identity: a cache by its teacher weights, data and shard checksums; a model file by its sha256."""
+    from pipeline.agreement import teacher_agreement
+    from pipeline.run_identity import run_identity
+    z, ref_source = ref
+    if len(z) != store.n:
+        raise CompressError(f"{len(z)} reference feature rows for {store.n} images in {store.root}; rebuild them")
+    a = teacher_agreement(x[train], x[val], z[train], z[val])
+    if cfg.compare_cache is not None:
+        against = {"kind": "teacher cache", "cache": str(cfg.compare_cache),
+                   **run_identity(store.fingerprint, cache=cfg.compare_cache)["teacher"]}
+    else:
+        against = {"kind": "model", "model": str(cfg.compare_model), "model_sha256": ref_source["model_sha256"]}
+    return {"agree10": a["agree10"], "agree1": a["agree1"],
+            "agreement": {"against": against, "k": a["k"],
+                          "agree10": f"mean over val of |S & T| / {a['k']}, S and T the {a['k']} nearest train "
+                                     f"images (cosine) under this model and under the reference",
+                          "agree1": "fraction of val images whose nearest train image is the same under both"}}
+
+
 def _features_note(source: dict) -> str:
     prep = source.get("preprocessing")
     view = describe(prep) if prep else "the cache's view 0 (no preprocessing recorded)"
     return f"l2-normalised pooled backbone output of the evaluation view: {view}"
 
 
-def _figures(cfg, store, device, x, knn_pred, val, train) -> list[str]:
+def _figures(cfg, store, device, x, knn_pred, val, train, ref=None) -> list[str]:
     from pipeline import figures
     from pipeline.knn import search
     name = cfg.name or cfg.out.stem
@@ -225,9 +256,8 @@ def _figures(cfg, store, device, x, knn_pred, val, train) -> list[str]:
     queries = np.sort(np.random.default_rng(cfg.seed).choice(val, min(cfg.grid_queries, len(val)), False))
     ids_own = train[search(x[train], x[queries], cfg.grid_k)[1]]
     ids_ref, names = None, (name,)
-    if cfg.compare_cache is not None or cfg.compare_model is not None:
-        ref, ref_source = features_of(cfg, store, device, model=cfg.compare_model, cache=cfg.compare_cache,
-                                      tag=".compare")
+    if ref is not None:
+        ref, ref_source = ref
         ids_ref = train[search(ref[train], ref[queries], cfg.grid_k)[1]]
         names = ("teacher" if ref_source["kind"] == "teacher" else Path(str(cfg.compare_model)).stem, name)
     shown = [queries, ids_own.ravel()] + ([] if ids_ref is None else [ids_ref.ravel()])

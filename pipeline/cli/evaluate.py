@@ -41,8 +41,11 @@ _PATH = click.Path(path_type=Path)
               help="Folder for the confusion-matrix and retrieval-grid PNGs (the grid: val queries and their "
                    "neighbours under this model).")
 @click.option("--compare-cache", type=_PATH, default=None,
-              help="Teacher cache whose neighbours the grid shows beside this model's.")
-@click.option("--compare-model", type=_PATH, default=None, help="Model file shown beside this model in the grid.")
+              help="The teacher's cache (.zarr): adds the teacher agreement agree10 (mean overlap of the 10 "
+                   "nearest train images, student vs teacher) and agree1 (same nearest image) to the metrics; "
+                   "with --figures the grid shows the teacher's neighbours beside this model's.")
+@click.option("--compare-model", type=_PATH, default=None,
+              help="As --compare-cache, for a reference given as a model file.")
 @click.option("--features-dir", type=_PATH, default=None,
               help="Folder for the keyed feature files (default: beside --out).")
 def command(**kw):
@@ -52,7 +55,7 @@ def command(**kw):
     Examples:
       compress-cache eval --data data/digits --cache runs/teacher.zarr --out metrics/teacher.json
       compress-cache eval --data data/digits --model runs/mnv2/model.pt --out metrics/mnv2.json \\
-          --figures figures --compare-cache runs/teacher.zarr
+          --compare-cache runs/teacher.zarr --figures figures
       compress-cache eval --data data/digits --random-init resnet18 --small-input --out metrics/random.json
       compress-cache eval --data data/in1k --model runs/r18/model.pt --probe augmented --out metrics/r18.json
     """
@@ -61,6 +64,7 @@ def command(**kw):
                                f"{kw['out'] / 'metrics.json'}")
     kw["probe_batch_size"] = kw["probe_batch_size"] or None
     m = evaluate(EvaluateConfig(**kw))
+    agree = f"  agree10 {m['agree10']:.3f}  agree1 {m['agree1']:.3f}" if "agree10" in m else ""
     click.echo(f"{m['name']}: NN {m['nn']:.2f}  kNN-{kw['knn_k']} {m['knn20']:.2f}  "
                f"linear ({kw['probe']} probe) {m['linear']:.2f}  "
-               f"CA {m['ca']:.2f} (count score {m['ca_count']:.2f})  -> {kw['out']}")
+               f"CA {m['ca']:.2f} (count score {m['ca_count']:.2f}){agree}  -> {kw['out']}")
