@@ -10,12 +10,19 @@ and reports summary.extract_vs_forward = extraction-loop img/s / forward img/s, 
 load-to-RAM time of the cache code on synthetic unit vectors, and peak RSS of a child `extract` process at
 N and 4N images (it must stay flat: extraction holds one shard at a time).
 
+The teacher is a random-weight ResNet-18 with the small-input stem (default) or, with `--teacher NAME`, a
+DINO / DINOv2 ViT of pipeline.vit (e.g. dino_vits16) saved in the release's key layout and read by `extract`
+exactly as a user's file. `--block-seconds S` sizes N from a warm-up so each timed block (forward, embed,
+extract) lasts about S seconds: short blocks make the ratio swing from run to run.
+
     .venv/bin/python benchmarks/extract.py [--n 1024] [--size 16] [--repeats 2]
+    .venv/bin/python benchmarks/extract.py --teacher dino_vits16 --block-seconds 30 --no-rss
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -37,12 +44,13 @@ from cache.layout import CacheSpec  # noqa: E402
 from cache.load import load_embeddings  # noqa: E402
 from cache.store import open_or_create  # noqa: E402
 from cache.writer import CacheWriter  # noqa: E402
-from pipeline.augment import center_crops, render  # noqa: E402
 from pipeline.embed import embed_blocks  # noqa: E402
+from pipeline.eval_view import eval_view, resize_side  # noqa: E402
 from pipeline.imagestore import ImageStore, write_image_store  # noqa: E402
 from pipeline.modelfile import default_preprocessing, save_model  # noqa: E402
 from pipeline.models import build_backbone  # noqa: E402
 from pipeline.teachers import load_teacher  # noqa: E402
+from pipeline.vit import owns as is_vit  # noqa: E402
 from stages.extract import ExtractConfig, extract  # noqa: E402
 
 
@@ -69,11 +77,11 @@ def embed_only(teacher, store, prep, shard_rows, batch) -> float:
     return time.perf_counter() - t
 
 
-def peak_rss_mb(data: Path, weights: Path, out: Path, shard_rows: int, batch: int) -> float:
+def peak_rss_mb(data: Path, weights: Path, out: Path, shard_rows: int, batch: int, size: int) -> float:
     """Peak RSS of one child `compress-cache extract` process (os.wait4 gives that child's own rusage)."""
     cmd = [sys.executable, "-m", "pipeline", "extract", "--data", str(data), "--weights", str(weights), "--out",
            str(out), "--shard-rows", str(shard_rows), "--batch-size", str(batch), "--device", "cpu",
-           "--no-progress"]
+           "--input-size", str(size), "--no-progress"]
     p = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(p.pid, 0)
     assert status == 0, f"{cmd} failed"
@@ -106,7 +114,11 @@ def store_io(root: Path, rows: int, dim: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1024, help="images (the RSS check also runs 4N)")
-    ap.add_argument("--size", type=int, default=16, help="image side and teacher input size")
+    ap.add_argument("--teacher", default="resnet18", help="resnet18 (small-input stem) or a pipeline.vit name")
+    ap.add_argument("--size", type=int, default=None, help="teacher input size (default: 16; ViTs 224)")
+    ap.add_argument("--block-seconds", type=float, default=0.0,
+                    help="size N so the forward block lasts about this long (0: use --n)")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS check at N and 4N images")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--shard-rows", type=int, default=256)
@@ -114,21 +126,32 @@ def main():
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "extract.json")
     a = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    load_start = os.getloadavg()  # the machine may be shared: say how busy it was
+    vit = is_vit(a.teacher)
+    a.size = a.size or (224 if vit else 16)
     root = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
-        data = make_data(root, a.n, a.size)
         weights = root / "t.pt"
-        save_model(weights, build_backbone("resnet18", small_input=True, seed=0), default_preprocessing(a.size))
-        teacher, identity = load_teacher(weights)
-        prep, store = identity["preprocessing"], ImageStore(data)
+        if vit:  # the release's layout: pipeline.vit uses the official parameter names
+            torch.save(build_backbone(a.teacher, seed=0).net.state_dict(), weights)
+        else:
+            save_model(weights, build_backbone(a.teacher, small_input=True, seed=0), default_preprocessing(a.size))
+        teacher, identity = load_teacher(weights, input_size=a.size)
+        prep = identity["preprocessing"]
+        side = resize_side(prep)  # images stored at the resize side: the evaluation view only crops them
+        forward_only(teacher, [torch.randn(a.batch_size, 3, a.size, a.size)])  # warm-up
+        if a.block_seconds:
+            t = forward_only(teacher, [torch.randn(a.batch_size, 3, a.size, a.size)])
+            a.n = max(1, math.ceil(a.block_seconds * a.batch_size / t / a.shard_rows)) * a.shard_rows
+            print(f"forward {a.batch_size / t:.1f} img/s in the warm-up: N = {a.n} for ~{a.block_seconds:.0f} s blocks")
+        data = make_data(root, a.n, side)
+        store = ImageStore(data)
         images = torch.from_numpy(store.read())
         batches = []  # rendered once, outside the timing: the forward-only bound sees the same batches
         for lo in range(0, a.n, a.shard_rows):
             for b in range(lo, min(lo + a.shard_rows, a.n), a.batch_size):
                 hi = min(b + a.batch_size, lo + a.shard_rows, a.n)
-                batches.append(render(images[b:hi], center_crops(hi - b, prep["crop_fraction"]),
-                                      prep["input_size"], prep["mean"], prep["std"]))
-        forward_only(teacher, batches[:2])  # warm-up
+                batches.append(eval_view(images[b:hi], prep))
         runs = []
         for r in range(a.repeats):
             out = root / f"run{r}.zarr"
@@ -136,7 +159,8 @@ def main():
             def run_extract():
                 t = time.perf_counter()
                 done = extract(ExtractConfig(data=data, weights=weights, out=out, batch_size=a.batch_size,
-                                             shard_rows=a.shard_rows, device="cpu", progress=False))
+                                             shard_rows=a.shard_rows, device="cpu", progress=False,
+                                             input_size=a.size))
                 return time.perf_counter() - t, done
 
             # A B then B A: a load change on the shared machine hits both sides of the ratio alike.
@@ -158,10 +182,12 @@ def main():
         io = store_io(root, a.io_rows, 512)
         print(f"store: write {io['write_gb_s']:.3f} GB/s, load-to-RAM {io['load_to_ram_s']:.3f} s "
               f"({io['load_gb_s']:.3f} GB/s) for {io['bytes'] / 1e6:.0f} MB")
-        data4 = make_data(root, 4 * a.n, a.size)
-        rss = {"N": peak_rss_mb(data, weights, root / "rss1.zarr", a.shard_rows, a.batch_size),
-               "4N": peak_rss_mb(data4, weights, root / "rss4.zarr", a.shard_rows, a.batch_size)}
-        print(f"peak RSS of extract: N={a.n} {rss['N']:.0f} MB, 4N={4 * a.n} {rss['4N']:.0f} MB")
+        rss = {"N": None, "4N": None}
+        if not a.no_rss:
+            data4 = make_data(root, 4 * a.n, side)
+            rss = {"N": peak_rss_mb(data, weights, root / "rss1.zarr", a.shard_rows, a.batch_size, a.size),
+                   "4N": peak_rss_mb(data4, weights, root / "rss4.zarr", a.shard_rows, a.batch_size, a.size)}
+            print(f"peak RSS of extract: N={a.n} {rss['N']:.0f} MB, 4N={4 * a.n} {rss['4N']:.0f} MB")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     # Headline: the extraction loop (read, render, forward, fp16, whole-shard writes, read-back verification,
@@ -175,13 +201,19 @@ def main():
         "forward_img_s": a.n / med("forward_s"), "embed_img_s": a.n / med("embed_s"),
         "extract_img_s": a.n / med("extract_s"),
         "write_gb_s": io["write_gb_s"], "load_to_ram_s": io["load_to_ram_s"], "load_gb_s": io["load_gb_s"],
-        "peak_rss_mb_N": rss["N"], "peak_rss_mb_4N": rss["4N"], "rss_4N_over_N": rss["4N"] / rss["N"],
+        "peak_rss_mb_N": rss["N"], "peak_rss_mb_4N": rss["4N"],
+        "rss_4N_over_N": rss["4N"] / rss["N"] if rss["N"] else None,
+        "block_seconds_median": {k: med(k) for k in ("forward_s", "embed_s", "extract_loop_s")},
     }
     result = {"command": " ".join([".venv/bin/python", "benchmarks/extract.py"] + sys.argv[1:]),
-              "config": {"n": a.n, "size": a.size, "teacher": "resnet18 small_input (random weights)",
+              "config": {"n": a.n, "size": a.size, "image_side": side,
+                         "teacher": (f"{a.teacher} ({identity['format']} layout, random weights)" if vit else
+                                     f"{a.teacher} small_input (random weights)"),
+                         "block_seconds": a.block_seconds,
                          "batch_size": a.batch_size, "shard_rows": a.shard_rows, "dtype": "float16",
                          "threads": torch.get_num_threads(), "device": "cpu", "repeats": a.repeats},
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
               "runs": runs, "store_io": io, "peak_rss_mb": rss, "summary": summary}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
