@@ -5,7 +5,13 @@ MobileNetV2 1280, AlexNet 4096 (ReLU(fc7)). Classification heads are removed her
 know where each family keeps its classifier.
 
 `small_input=True` adapts the stem to 8-64 px images (a 3x3 stride-1 first convolution, no max-pool), the usual
-CIFAR-style change; the weights of every other layer keep their torchvision names and shapes.
+CIFAR-style change; the weights of every other layer keep their torchvision names and shapes. The default is the
+ImageNet stem (7x7 stride-2 conv and max-pool for ResNets), the paper's network.
+
+No embedding passes through active dropout or stochastic depth (method.md): torchvision's AlexNet keeps
+Dropout(0.5) before fc6 and fc7 and MobileNetV2 Dropout(0.2) before its classifier; `_without_dropout` replaces
+every such layer by Identity (same indices, so state-dict keys do not change), so a student's embedding, its
+momentum copy's and a teacher's are deterministic functions of the batch in train mode as in eval mode.
 """
 from __future__ import annotations
 
@@ -54,9 +60,13 @@ class Backbone(nn.Module):
         self.bn_groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.bn_groups > 1:
+        if self.bn_groups > 1 and self._batch_statistics():
             return torch.cat([self.net(part) for part in x.chunk(self.bn_groups)]).flatten(1)
         return self.net(x).flatten(1)
+
+    def _batch_statistics(self) -> bool:
+        """Whether BatchNorm normalises by the batch: in train mode, and in a momentum copy's eval-but-BN mode."""
+        return any(m.training for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def describe(self) -> dict:
         return {"arch": self.arch, "small_input": self.small_input, "embed_dim": self.embed_dim}
@@ -84,6 +94,21 @@ def _strip_classifier(arch: str, net: nn.Module) -> int:
         return dim
     raise CompressError(f"architecture {arch!r}: cannot find its classifier to remove; "
                         f"use one of {', '.join(KNOWN_ARCHS)}")
+
+
+def _without_dropout(net: nn.Module) -> None:
+    """Replace every dropout layer by Identity and switch off stochastic depth, in place."""
+    from torchvision.ops import StochasticDepth
+    for name, child in net.named_children():
+        if isinstance(child, nn.modules.dropout._DropoutNd):
+            setattr(net, name, nn.Identity())
+        else:
+            if isinstance(child, StochasticDepth):  # efficientnet, convnext, swin, maxvit
+                child.p = 0.0
+            _without_dropout(child)
+    for attr in ("dropout", "attention_dropout"):  # vision transformers keep rates as plain floats too
+        if isinstance(getattr(net, attr, None), float):
+            setattr(net, attr, 0.0)
 
 
 def _small_input_stem(arch: str, net: nn.Module) -> None:
@@ -131,6 +156,7 @@ def build_backbone(arch: str, small_input: bool = False, seed: int | None = None
             torch.manual_seed(seed)
         net = build_classifier_net(arch)
         dim = _strip_classifier(arch, net)
+        _without_dropout(net)
         if small_input:
             _small_input_stem(arch, net)
     return Backbone(arch, net, dim, small_input)
