@@ -92,10 +92,10 @@ def spec_of(attrs: dict) -> CacheSpec:
 
 
 def open_or_create(path: str | Path, spec: CacheSpec, overwrite: bool = False,
-                   provenance: dict | None = None) -> zarr.Group:
+                   provenance: dict | None = None, rebuild_if_changed: bool = False) -> zarr.Group:
     """The store for `spec`: the existing one when its identity matches (to resume or reuse), a new one when
-    there is none or `overwrite` is set. A different identity is refused, naming every difference: a cache is
-    never a mix of two requests. The caller must hold the store's lock."""
+    there is none or `overwrite` is set. A different identity is refused, naming every difference, or with
+    `rebuild_if_changed` replaced: a cache is never a mix of two requests. The caller must hold the store's lock."""
     path = Path(path)
     if path.exists() and not is_cache(path):
         if path.is_dir() and not any(path.iterdir()):
@@ -110,6 +110,9 @@ def open_or_create(path: str | Path, spec: CacheSpec, overwrite: bool = False,
     group = open_store(path, mode="r+")
     stored = {k: attributes(group).get(k) for k in spec.identity()}
     diff = differences(stored, spec.identity())
+    if diff and rebuild_if_changed:
+        shutil.rmtree(path)
+        return create(path, spec, provenance)
     if diff:
         raise CacheError(f"{path} was built for another request ({'; '.join(diff)}; stored != requested); "
                          f"use --overwrite to rebuild it, or another --out")

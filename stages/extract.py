@@ -23,6 +23,7 @@ from cache.store import attributes, open_or_create
 from cache.writer import CacheWriter
 from pipeline import distributed
 from pipeline.augment import center_crops, sample_crops
+from pipeline.code_digest import code_digest
 from pipeline.device import pick_device
 from pipeline.embed import embed_blocks
 from pipeline.errors import CompressError
@@ -52,6 +53,7 @@ class ExtractConfig:
     chunk_rows: int = 0  # 0: min(1024, shard_rows)
     device: str = "auto"
     overwrite: bool = False
+    rebuild_if_changed: bool = False  # a store made for another request or by other code is rebuilt, not refused
     progress: bool = True
 
 
@@ -111,7 +113,7 @@ def _request(cfg: ExtractConfig, store: ImageStore, identity: dict) -> CacheSpec
                        "flip": cfg.view_flip}
     return CacheSpec(n=store.n, dim=identity["embed_dim"], data_fingerprint=store.fingerprint, teacher=identity,
                      dtype=cfg.dtype, views=cfg.views, shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows,
-                     view_params=view_params)
+                     view_params=view_params, code=code_digest())
 
 
 def _open(cfg: ExtractConfig, spec: CacheSpec, world) -> tuple[StoreLock | None, bool]:
@@ -120,7 +122,7 @@ def _open(cfg: ExtractConfig, spec: CacheSpec, world) -> tuple[StoreLock | None,
     if world.is_main:
         try:
             lock = StoreLock(cfg.out).acquire()
-            group = open_or_create(cfg.out, spec, cfg.overwrite, provenance(asdict(cfg)))
+            group = open_or_create(cfg.out, spec, cfg.overwrite, provenance(asdict(cfg)), cfg.rebuild_if_changed)
             writer = CacheWriter(cfg.out)
             writer.clean_debris()
             outcome = {"complete": bool(attributes(group)["complete"]), "repaired": []}
