@@ -171,3 +171,19 @@ def test_released_key_sets_are_recognised(spec, fmt, arch):
     with torch.device("meta"):
         model = build_backbone(arch).net.state_dict()
     assert {k: tuple(v.shape) for k, v in model.items()} == {k: tuple(v.shape) for k, v in mapped.backbone.items()}
+
+
+def test_vit_imported_as_a_teacher_artifact_keeps_its_rows(root):
+    """`compress-cache teacher --weights` writes a model file (arch dinov2 name, bicubic preprocessing) that
+    `extract` reads to the rows of the released file."""
+    result = CliRunner().invoke(main, ["teacher", "--data", str(root / "data"), "--out", str(root / "imported"),
+                                       "--weights", str(root / "dinov2_reg.pth"), "--input-size", "20"])
+    assert result.exit_code == 0, result.output
+    for weights, out in ((root / "imported" / "model.pt", "imported.zarr"), (root / "dinov2_reg.pth", "direct.zarr")):
+        result = _extract(root, weights, out, "--input-size", 20)
+        assert result.exit_code == 0, result.output
+    a, attrs = _rows(root, "imported.zarr")
+    b, attrs_b = _rows(root, "direct.zarr")
+    assert attrs["teacher"]["format"] == "compress-cache" and attrs["teacher"]["arch"] == "vit-p4-w128-d2-g5-r4-ls"
+    assert attrs["teacher"]["preprocessing"] == attrs_b["teacher"]["preprocessing"]
+    assert torch.equal(a, b)
