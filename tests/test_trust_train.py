@@ -60,6 +60,20 @@ def test_the_same_data_and_cache_by_other_paths_resume(tiny, tmp_path):
     assert meta["identity"] == run_identity(ImageStore(tiny / "data").fingerprint, tiny / "c.zarr")
 
 
+def test_paths_are_not_settings_but_what_they_hold_is():
+    from dataclasses import asdict, replace
+    from pathlib import Path
+
+    from pipeline.code_digest import code_digest
+    from stages.train import TrainConfig, changed_settings
+    run = TrainConfig(data=Path("data"), out=Path("runs/a"), cache=Path("t.zarr"))
+    saved = {**json.loads(json.dumps(asdict(run), default=str)), "code": code_digest()}
+    moved = replace(run, data=Path("/abs/data"), out=Path("/abs/runs/a"), cache=Path("../t.zarr"),
+                    teacher_weights=Path("t.pt"))
+    assert changed_settings(saved, moved) == []
+    assert changed_settings(saved, replace(moved, tau=0.1)) == ["tau"]
+
+
 def test_another_teacher_at_the_same_path_is_refused_naming_both(tiny, tmp_path):
     shutil.copytree(tiny / "c.zarr", tmp_path / "c.zarr")
     shutil.copytree(tiny / "data", tmp_path / "data")
