@@ -34,7 +34,7 @@ from pipeline.device import pick_device
 from pipeline.errors import CompressError
 from pipeline.imagestore import ImageStore
 from pipeline.loader import BatchLoader
-from pipeline.methods import METHODS, NEEDS_CACHE, DataInfo, build_method, method_needs_teacher
+from pipeline.methods import METHODS, DataInfo, build_method, method_class, method_needs_teacher
 from pipeline.modelfile import default_preprocessing, save_model
 from pipeline.models import build_backbone, check_input_size
 from pipeline.provenance import provenance
@@ -254,7 +254,7 @@ def _check_settings(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.teacher_source == "live" and method_needs_teacher(cfg.method):
         if cfg.teacher_weights is None:
             raise CompressError("--teacher-source live needs --teacher-weights PATH (a teacher checkpoint)")
-        if cfg.method in NEEDS_CACHE:
+        if method_class(cfg.method).needs_cache:
             raise CompressError(f"method {cfg.method!r} clusters the teacher's features of the whole training "
                                 f"set up front; use --teacher-source cached with --cache STORE.zarr")
 

@@ -97,3 +97,28 @@ def test_initial_queue_rows_are_noise_of_about_unit_norm():
     norms = bank.read("t").norm(dim=1)
     assert 0.9 < norms.mean().item() < 1.1
     assert bank.read("t").abs().max().item() <= (3 / 512) ** 0.5 + 1e-6
+
+
+def test_every_registered_method_keeps_the_contract():
+    from pipeline.methods import METHODS, REGISTRY, Method, build_method
+    from pipeline.methods.base import DataInfo
+    import numpy as np
+    assert set(METHODS) == set(REGISTRY) and len(REGISTRY) == 10
+    data = DataInfo(num_items=64, train_indices=np.arange(48), num_classes=4,
+                    teacher_rows=torch.nn.functional.normalize(torch.randn(64, 8), dim=1))
+    hp = {"bank_size": 16, "tau": 0.04, "ema": 0.9, "crd_dim": 8, "crd_negatives": 8, "crd_tau": 0.07,
+          "crd_memory_momentum": 0.5, "seed": 0, "clusters": 4, "seed_tau_student": 0.2, "seed_tau_teacher": 0.01,
+          "moco_dim": 8, "exclude_own_keys": False, "amp": "none"}
+    for name, cls in REGISTRY.items():
+        assert issubclass(cls, Method) and name in cls.names
+        method = build_method(name, TinyStudent(d_in=3 * 8 * 8), teacher_dim=8, data=data, hp=hp)
+        assert isinstance(method, cls) and isinstance(method.student, TinyStudent)
+        views = [torch.randn(8, 3, 8, 8) for _ in range(cls.views)]  # MoCo encodes keys in 4 BN groups
+        t = data.teacher_rows[:8] if cls.needs_teacher else None
+        y = torch.arange(8) % 4 if cls.needs_labels else None
+        loss, logs = method(views, t, y, torch.arange(8))
+        assert loss.ndim == 0 and torch.isfinite(loss) and isinstance(logs, dict), name
+        method.after_step()
+    assert [n for n, c in REGISTRY.items() if c.needs_labels] == ["supervised"]
+    assert [n for n, c in REGISTRY.items() if c.needs_cache] == ["cc"]
+    assert sorted(n for n, c in REGISTRY.items() if not c.needs_teacher) == ["moco", "supervised"]

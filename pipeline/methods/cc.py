@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.losses import cluster_classification_loss
+from pipeline.methods.base import BuildContext, Method, register
 
 
 def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
@@ -33,8 +34,19 @@ def unassigned(n: int) -> torch.Tensor:
     return torch.full((n,), -1, dtype=torch.long)
 
 
-class ClusterClassification(nn.Module):
-    needs_teacher, needs_labels, views = True, False, 1
+@register
+class ClusterClassification(Method):
+    names = ("cc",)
+    needs_cache = True  # k-means over every training row of the cached teacher, up front
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "ClusterClassification":
+        data = ctx.data
+        k = ctx.hp["clusters"] or min(10 * data.num_classes, len(data.train_indices))
+        # resuming, the checkpoint holds the ids: k-means again would cost ~30 min at ImageNet scale
+        ids = unassigned(data.num_items) if ctx.resuming else cluster_ids(data.teacher_rows, data.train_indices,
+                                                                          k, seed=ctx.hp["seed"])
+        return cls(ctx.student, ids, k)
 
     def __init__(self, student: nn.Module, ids: torch.Tensor, k: int):
         super().__init__()
@@ -47,5 +59,3 @@ class ClusterClassification(nn.Module):
         target = self.ids[idx]
         return cluster_classification_loss(logits, target), {"acc": (logits.argmax(1) == target).float().mean().item()}
 
-    def after_step(self) -> None:
-        pass

@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from pipeline.losses import compress_loss
+from pipeline.methods.base import BuildContext, Method, register
 from pipeline.methods.bank import AnchorBank, batch_statistics_mode, momentum_copy, momentum_update
 
 VARIANTS = ("2q", "1q", "2q-nomomentum")
 
 
-class CompRess(nn.Module):
+@register
+class CompRess(Method):
     """student: a Backbone (forward -> (B, Ds)); teacher_dim: Dt of the cached embeddings.
 
     K    number of anchors in the bank (paper 128,000)
@@ -31,7 +33,12 @@ class CompRess(nn.Module):
     queue_dtype  storage of the queues: the autocast dtype when training under autocast (see AnchorBank)
     """
 
-    needs_teacher, needs_labels, views = True, False, 1
+    names = tuple(f"compress-{v}" for v in VARIANTS)
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "CompRess":
+        return cls(ctx.student, ctx.teacher_dim, variant=name.removeprefix("compress-"), K=ctx.hp["bank_size"],
+                   tau=ctx.hp["tau"], m=ctx.hp["ema"], generator=ctx.generator, queue_dtype=ctx.queue_dtype)
 
     def __init__(self, student: nn.Module, teacher_dim: int, variant: str = "2q", K: int = 128_000,
                  tau: float = 0.04, m: float = 0.999, generator: torch.Generator | None = None,

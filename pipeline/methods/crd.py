@@ -22,10 +22,19 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.losses import crd_loss
+from pipeline.methods.base import BuildContext, Method, register
 
 
-class CRD(nn.Module):
-    needs_teacher, needs_labels, views = True, False, 1
+@register
+class CRD(Method):
+    names = ("crd",)
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "CRD":
+        hp = ctx.hp
+        return cls(ctx.student, ctx.teacher_dim, ctx.data.num_items, torch.from_numpy(ctx.data.train_indices),
+                   dim=hp["crd_dim"], K=hp["crd_negatives"], tau=hp["crd_tau"], m=hp["crd_memory_momentum"],
+                   seed=hp["seed"], generator=ctx.generator)
 
     def __init__(self, student: nn.Module, teacher_dim: int, num_items: int, train_indices: torch.Tensor,
                  dim: int = 128, K: int = 16_384, tau: float = 0.07, m: float = 0.5, seed: int = 0,

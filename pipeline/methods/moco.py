@@ -20,12 +20,21 @@ from torch import nn
 
 from pipeline.losses import infonce
 from pipeline.methods.bank import AnchorBank, batch_statistics_mode, momentum_copy, momentum_update
+from pipeline.methods.base import BuildContext, Method, register
 
 _BN_SPLITS = 4  # keys are encoded in shuffled sub-batches: a single-process stand-in for shuffle-BN
 
 
-class MoCo(nn.Module):
-    needs_teacher, needs_labels, views = False, False, 2
+@register
+class MoCo(Method):
+    names = ("moco",)
+    needs_teacher, views = False, 2
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "MoCo":
+        hp = ctx.hp
+        return cls(ctx.student, dim=hp["moco_dim"], K=hp["bank_size"], tau=hp["tau"], m=hp["ema"],
+                   generator=ctx.generator, exclude_own_keys=hp["exclude_own_keys"], queue_dtype=ctx.queue_dtype)
 
     def __init__(self, student: nn.Module, dim: int = 128, K: int = 65_536, tau: float = 0.2, m: float = 0.999,
                  generator: torch.Generator | None = None, exclude_own_keys: bool = False,

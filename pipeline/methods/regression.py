@@ -12,10 +12,16 @@ import torch
 from torch import nn
 
 from pipeline.losses import regression_loss
+from pipeline.methods.base import BuildContext, Method, register
 
 
-class Regression(nn.Module):
-    needs_teacher, needs_labels, views = True, False, 1
+@register
+class Regression(Method):
+    names = ("reg", "reg-bn")
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "Regression":
+        return cls(ctx.student, ctx.teacher_dim, bn=name == "reg-bn")
 
     def __init__(self, student: nn.Module, teacher_dim: int, bn: bool = False):
         super().__init__()
@@ -28,5 +34,3 @@ class Regression(nn.Module):
     def forward(self, views, t: torch.Tensor, y=None, idx=None) -> tuple[torch.Tensor, dict]:
         return regression_loss(self.head(self.student(views[0])).float(), t), {}
 
-    def after_step(self) -> None:
-        pass

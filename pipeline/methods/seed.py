@@ -15,10 +15,17 @@ from torch import nn
 
 from pipeline.losses import seed_loss
 from pipeline.methods.bank import AnchorBank
+from pipeline.methods.base import BuildContext, Method, register
 
 
-class SEED(nn.Module):
-    needs_teacher, needs_labels, views = True, False, 1
+@register
+class SEED(Method):
+    names = ("seed",)
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "SEED":
+        return cls(ctx.student, ctx.teacher_dim, K=ctx.hp["bank_size"], tau_s=ctx.hp["seed_tau_student"],
+                   tau_t=ctx.hp["seed_tau_teacher"], generator=ctx.generator, queue_dtype=ctx.queue_dtype)
 
     def __init__(self, student: nn.Module, teacher_dim: int, K: int = 65_536, tau_s: float = 0.2,
                  tau_t: float = 0.01, generator: torch.Generator | None = None,

@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.methods.base import BuildContext, Method, register
 
-class Supervised(nn.Module):
-    needs_teacher, needs_labels, views = False, True, 1
+
+@register
+class Supervised(Method):
+    names = ("supervised",)
+    needs_teacher, needs_labels = False, True
+
+    @classmethod
+    def build(cls, name: str, ctx: BuildContext) -> "Supervised":
+        return cls(ctx.student, ctx.data.num_classes)
 
     def __init__(self, student: nn.Module, num_classes: int):
         super().__init__()
@@ -19,5 +27,3 @@ class Supervised(nn.Module):
         loss = nn.functional.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
-    def after_step(self) -> None:
-        pass
