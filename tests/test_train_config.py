@@ -5,11 +5,13 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from pipeline.code_digest import code_digest
 from stages.train import TrainConfig, changed_settings
 
 
 def _saved(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg), default=str))
+    """config.json as a run writes it: the settings and the digest of the code."""
+    return {**json.loads(json.dumps(asdict(cfg), default=str)), "code": code_digest()}
 
 
 def test_a_changed_setting_is_named_and_a_resumable_one_is_not():
