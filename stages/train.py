@@ -113,13 +113,15 @@ class TrainConfig:
     bn_groups: int = setting(1, "BatchNorm statistics over N equal slices of the batch, as N DDP processes "
                                 "compute them.", low=1)
     checkpoint_every: int = setting(0, "Steps between checkpoints; 0 = at the end of every epoch.", low=0)
+    snapshot_every: int = setting(0, "Also keep the model after every Nth epoch as snapshots/model_epochNNN.pt (the "
+                                     "points of a learning curve, e.g. a teacher's kNN); 0 = none.", low=0)
     tensorboard: bool = setting(True, "Also write TensorBoard logs.")
     restart: str = setting("never", "When --out holds a run: never (resume it if its settings and code are these, "
                                     "else refuse), if-changed (start it over when they differ; dvc.yaml's "
                                     "choice), always.", choices=("never", "if-changed", "always"))
 
     # keys that may change between a run and its resumption without changing what is computed
-    RESUMABLE_CHANGES = ("device", "checkpoint_every", "tensorboard", "restart")
+    RESUMABLE_CHANGES = ("device", "checkpoint_every", "snapshot_every", "tensorboard", "restart")
 
     def __post_init__(self):
         # Resolve the recipe here, so config.json records the values the run used, not "default".
@@ -224,6 +226,7 @@ def _clear_run(out: Path) -> None:
     for name in ("config.json", "checkpoint.pt", "model.pt", "curves.csv", "log.jsonl"):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "tb", ignore_errors=True)
+    shutil.rmtree(out / "snapshots", ignore_errors=True)
 
 
 def _check_values(cfg: TrainConfig) -> None:
@@ -487,6 +490,10 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
                    "lr": float(lrs[step - 1]), "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed})
         if not cfg.checkpoint_every:
             checkpoint(epoch)
+        if cfg.snapshot_every and (epoch + 1) % cfg.snapshot_every == 0 and world.is_main:
+            # a learning curve's point; written after the checkpoint, so a kill in between loses only this file
+            save_model(out / "snapshots" / f"model_epoch{epoch + 1:03d}.pt", method.student, preprocessing,
+                       method=cfg.method, data_fingerprint=store.fingerprint, identity=identity, epoch=epoch + 1)
 
     # ------------------------------------------------------------------ the deliverable: the student alone
     problem = None
