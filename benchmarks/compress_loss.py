@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from pipeline.losses import compress_loss  # noqa: E402
+from pipeline.methods.losses import compress_loss
 
 
 def main() -> None:

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.cluster_assignment import kmeans  # noqa: E402
-from pipeline.knn import search  # noqa: E402
+from pipeline.evaluation.cluster_assignment import kmeans
+from pipeline.evaluation.knn import search
 
 IMAGENET = {"train": 1_281_167, "val": 50_000, "dim": 2048, "clusters": 1000, "niter": 20}
 K = 20

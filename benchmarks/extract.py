@@ -11,7 +11,7 @@ load-to-RAM time of the cache code on synthetic unit vectors, and peak RSS of a 
 N and 4N images (it must stay flat: extraction holds one shard at a time).
 
 The teacher is a random-weight ResNet-18 with the small-input stem (default) or, with `--teacher NAME`, a
-DINO / DINOv2 ViT of pipeline.vit (e.g. dino_vits16) saved in the release's key layout and read by `extract`
+DINO / DINOv2 ViT of pipeline.models.vit (e.g. dino_vits16) saved in the release's key layout and read by `extract`
 exactly as a user's file. `--block-seconds S` sizes N from a warm-up so each timed block (forward, embed,
 extract) lasts about S seconds: short blocks make the ratio swing from run to run.
 
@@ -38,20 +38,19 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from cache.layout import CacheSpec  # noqa: E402
-from cache.load import load_embeddings  # noqa: E402
-from cache.store import open_or_create  # noqa: E402
-from cache.writer import CacheWriter  # noqa: E402
-from pipeline.embed import embed_blocks  # noqa: E402
-from pipeline.eval_view import eval_view, resize_side  # noqa: E402
-from pipeline.imagestore import ImageStore, write_image_store  # noqa: E402
-from pipeline.modelfile import default_preprocessing, save_model  # noqa: E402
-from pipeline.models import build_backbone  # noqa: E402
-from pipeline.teachers import load_teacher  # noqa: E402
-from pipeline.vit import owns as is_vit  # noqa: E402
-from stages.extract import ExtractConfig, extract  # noqa: E402
+from cache.layout import CacheSpec
+from cache.load import load_embeddings
+from cache.store import open_or_create
+from cache.writer import CacheWriter
+from pipeline.evaluation.embed import embed_blocks
+from pipeline.data.eval_view import eval_view, resize_side
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
+from pipeline.models.teachers import load_teacher
+from pipeline.models.vit import owns as is_vit
+from stages.extract import ExtractConfig, extract
 
 
 def make_data(root: Path, n: int, size: int) -> Path:
@@ -79,7 +78,7 @@ def embed_only(teacher, store, prep, shard_rows, batch) -> float:
 
 def peak_rss_mb(data: Path, weights: Path, out: Path, shard_rows: int, batch: int, size: int) -> float:
     """Peak RSS of one child `compress-cache extract` process (os.wait4 gives that child's own rusage)."""
-    cmd = [sys.executable, "-m", "pipeline", "extract", "--data", str(data), "--weights", str(weights), "--out",
+    cmd = [sys.executable, "-m", "stages", "extract", "--data", str(data), "--weights", str(weights), "--out",
            str(out), "--shard-rows", str(shard_rows), "--batch-size", str(batch), "--device", "cpu",
            "--input-size", str(size), "--no-progress"]
     p = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
@@ -114,7 +113,7 @@ def store_io(root: Path, rows: int, dim: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1024, help="images (the RSS check also runs 4N)")
-    ap.add_argument("--teacher", default="resnet18", help="resnet18 (small-input stem) or a pipeline.vit name")
+    ap.add_argument("--teacher", default="resnet18", help="resnet18 (small-input stem) or a pipeline.models.vit name")
     ap.add_argument("--size", type=int, default=None, help="teacher input size (default: 16; ViTs 224)")
     ap.add_argument("--block-seconds", type=float, default=0.0,
                     help="size N so the forward block lasts about this long (0: use --n)")
@@ -132,7 +131,7 @@ def main():
     root = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
         weights = root / "t.pt"
-        if vit:  # the release's layout: pipeline.vit uses the official parameter names
+        if vit:  # the release's layout: pipeline.models.vit uses the official parameter names
             torch.save(build_backbone(a.teacher, seed=0).net.state_dict(), weights)
         else:
             save_model(weights, build_backbone(a.teacher, small_input=True, seed=0), default_preprocessing(a.size))

@@ -57,14 +57,14 @@ class Matrix:
     def cli(self, *args) -> dict:
         """A command in this process (click's runner): exit code, output, and whether it raised (a traceback)."""
         from click.testing import CliRunner
-        from pipeline.cli import main
+        from stages.cli import main
         r = CliRunner().invoke(main, [str(a) for a in args])
         raised = r.exception is not None and not isinstance(r.exception, SystemExit)
         return {"exit": r.exit_code, "output": r.output + (f"\nTraceback: {r.exception!r}" if raised else ""),
                 "traceback": raised}
 
     def argv(self, *args) -> list[str]:
-        return [sys.executable, "-m", "pipeline", *map(str, args)]
+        return [sys.executable, "-m", "stages", *map(str, args)]
 
     def proc(self, *args) -> dict:
         p = subprocess.run(self.argv(*args), capture_output=True, text=True, cwd=self.code, env=self.env)
@@ -121,12 +121,12 @@ def same_model(a: Path, b: Path) -> bool:
 
 def all_finite(path: Path) -> bool:
     import torch
-    from pipeline.tensor_check import first_non_finite
+    from pipeline.runtime.tensor_check import first_non_finite
     return not path.exists() or first_non_finite(torch.load(path, weights_only=True)) is None
 
 
 def leftovers(folder: Path) -> list[str]:
-    from pipeline.atomic import is_temp
+    from pipeline.runtime.atomic import is_temp
     return [str(p) for p in folder.rglob("*") if p.is_file() and (is_temp(p) or p.suffix in (".tmp", ".partial"))]
 
 
@@ -156,8 +156,8 @@ class Disk:
 
 # -------------------------------------------------------------------- the cases
 def setup(m: Matrix) -> dict:
-    from pipeline.modelfile import default_preprocessing, save_model
-    from pipeline.models import build_backbone
+    from pipeline.models.modelfile import default_preprocessing, save_model
+    from pipeline.models.backbones import build_backbone
     from stages.prepare import PrepareConfig, prepare
     w = m.work
     prepare(PrepareConfig(dataset="digits", limit=200, out=w / "data"))
@@ -246,7 +246,7 @@ def full_disks(m: Matrix, s: dict) -> None:
             m.row("full disk", case, None, held=False, skipped=disk.error)
         return
     try:
-        from pipeline.imagestore import ImageStore
+        from pipeline.data.imagestore import ImageStore
         from stages.prepare import PrepareConfig, prepare
         prepare(PrepareConfig(dataset="digits", out=w / "digits_ref"))
         r = m.proc("prepare", "--dataset", "digits", "--out", disk.point / "data")
@@ -360,7 +360,7 @@ def tampered(m: Matrix, s: dict) -> None:
 
 
 def identities(m: Matrix, s: dict) -> None:
-    from pipeline.provenance import sha256_file
+    from pipeline.runtime.provenance import sha256_file
     w = m.work
     shutil.copytree(w / "ref.zarr", w / "swap.zarr")
     short = [*s["tr_bare"], "--cache", w / "swap.zarr", "--out", w / "swap_run"]
@@ -485,8 +485,8 @@ def main(argv=None) -> None:
         for group in GROUPS:
             if not args.only or group.__name__ in args.only:
                 group(m, s)
-        from pipeline.code_digest import code_digest
-        from pipeline.provenance import provenance
+        from pipeline.runtime.code_digest import code_digest
+        from pipeline.runtime.provenance import provenance
         rows = m.rows
         run = [r for r in rows if not r["skipped"]]
         totals = {"cases": len(rows), "run": len(run), "skipped": len(rows) - len(run),

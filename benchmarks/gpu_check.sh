@@ -14,7 +14,7 @@ W=${1:-artifacts/gpu_check}
 R=${2:-$W}
 mkdir -p "$W" "$R"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd) PYTHONUNBUFFERED=1
-CC="$PY -m pipeline"
+CC="$PY -m stages"
 fails=0
 check() {  # check NAME COMMAND...: runs it, logs to $W/NAME.log
   local name=$1; shift
@@ -30,8 +30,8 @@ $PY -c "import torch, faiss, zarr; print('torch', torch.__version__, 'cuda', tor
 # data and a random ResNet-50 teacher (nothing can be downloaded)
 check prepare $CC prepare --dataset digits --out "$W/data"
 check teacher_file $PY -c "
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
 save_model('$W/t.pt', build_backbone('resnet50', small_input=True, seed=1), default_preprocessing(8))"
 check extract_gpu $CC extract --data "$W/data" --weights "$W/t.pt" --out "$W/t.zarr" --device cuda --no-progress
 check extract_multiview_gpu $CC extract --data "$W/data" --weights "$W/t.pt" --out "$W/t4.zarr" --views 4 \
@@ -89,7 +89,7 @@ if [ "$NGPU" -lt 2 ]; then  # NCCL 2.28 refuses it: "Duplicate GPU detected : ra
   echo "SKIP nccl_allgather, ddp_nccl_train: one GPU, and NCCL refuses two ranks on one GPU"
 else
 check nccl_allgather timeout 90 $PY -m torch.distributed.run --standalone --nproc_per_node=2 benchmarks/nccl_probe.py $DEV
-check ddp_nccl_train timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m pipeline \
+check ddp_nccl_train timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m stages \
   "${TRAIN[@]}" --out "$W/ddp" --amp fp16 --method compress-2q --device $DEV
 fi
 

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.augment import render, sample_color, sample_crops  # noqa: E402
-from pipeline.imagestore import ImageStore  # noqa: E402
-from pipeline.loader import BatchLoader  # noqa: E402
-from pipeline.provenance import provenance  # noqa: E402
+from pipeline.data.augment import render, sample_color, sample_crops
+from pipeline.data.imagestore import ImageStore
+from pipeline.data.loader import BatchLoader
+from pipeline.runtime.provenance import provenance
 
 MEAN, STD = (0.286, 0.286, 0.286), (0.353, 0.353, 0.353)
 
@@ -41,7 +40,7 @@ def write_jpegs(root: Path, n: int, source: Path) -> None:
     """The first n Fashion-MNIST training images as grey JPEGs in class folders (native 28 px)."""
     from PIL import Image
 
-    from pipeline.sources.idx import read_idx
+    from pipeline.data.sources.idx import read_idx
     x = read_idx(source / "train-images-idx3-ubyte.gz")[:n]
     y = read_idx(source / "train-labels-idx1-ubyte.gz")[:n]
     for i, (img, label) in enumerate(zip(x, y)):
@@ -73,7 +72,7 @@ def ours_epoch(loader: BatchLoader, epoch: int, out_size: int, color: bool) -> i
 
 
 def student_rate(batch: int, size: int, steps: int, threads: int) -> float:
-    from pipeline.models import build_backbone
+    from pipeline.models.backbones import build_backbone
     torch.set_num_threads(threads)
     net = build_backbone("resnet18", small_input=False, seed=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

@@ -1,4 +1,4 @@
-"""Two ranks under torchrun all-gather a tensor over NCCL, through pipeline.distributed, and check the result.
+"""Two ranks under torchrun all-gather a tensor over NCCL, through pipeline.runtime.distributed, and check the result.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 benchmarks/nccl_probe.py [cuda | cuda:0]
 
@@ -7,14 +7,12 @@ With `cuda` each rank takes cuda:LOCAL_RANK; `cuda:0` puts both ranks on one GPU
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import distributed  # noqa: E402
-from pipeline.device import pick_device  # noqa: E402
+from pipeline.runtime import distributed
+from pipeline.runtime.device import pick_device
 
 device = pick_device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
 world = distributed.init(device, timeout_s=120)

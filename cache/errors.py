@@ -1,6 +1,6 @@
 """The one exception type of the cache package.
 
-`cache/` depends on nothing else in the project, so it cannot raise `pipeline.errors.CompressError`; callers
+`cache/` depends on nothing else in the project, so it cannot raise `pipeline.runtime.errors.CompressError`; callers
 (the CLI, stages) catch `CacheError` and report its one-line message the same way.
 """
 

@@ -1,5 +1,5 @@
 """Stage `evaluate`: features of one model (a model file, a teacher cache, or a random-init reference) over
-the image store, then NN / kNN-20 / linear / CA (pipeline.protocols), written as a DVC metrics JSON.
+the image store, then NN / kNN-20 / linear / CA (pipeline.evaluation.scoring), written as a DVC metrics JSON.
 
 Student features are cached beside the metrics as `<out>.features.npy` with a key file naming the sha256 of
 the model file and the data fingerprint; a key that differs means recompute, never reuse (the original
@@ -7,7 +7,7 @@ release reused another model's features from its output folder). Features are ke
 cache, and every protocol reads the fp16 values, so a first run and a cached run give the same numbers.
 
 Given a reference (`compare_cache`, the teacher's cache, or `compare_model`), the metrics also hold the teacher
-agreement `agree10` / `agree1` (pipeline/agreement.py) and the reference's identity under `agreement.against`.
+agreement `agree10` / `agree1` (pipeline/evaluation/agreement.py) and the reference's identity under `agreement.against`.
 """
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.device import pick_device
-from pipeline.embed import embed_all
-from pipeline.eval_view import describe
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore
-from pipeline.linear_probe import check_frozen, snapshot
-from pipeline.modelfile import default_preprocessing, load_model
-from pipeline.models import build_backbone, check_input_size
-from pipeline.protocols import evaluate_features
-from pipeline.provenance import provenance, sha256_file
+from pipeline.runtime.device import pick_device
+from pipeline.evaluation.embed import embed_all
+from pipeline.data.eval_view import describe
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore
+from pipeline.evaluation.linear_probe import check_frozen, snapshot
+from pipeline.models.modelfile import default_preprocessing, load_model
+from pipeline.models.backbones import build_backbone, check_input_size
+from pipeline.evaluation.scoring import evaluate_features
+from pipeline.runtime.provenance import provenance, sha256_file
 
 METRICS = ("nn", "knn20", "linear", "ca")
 PROBES = ("cached", "augmented")  # the fast probe on the features; the paper's, on augmented views
@@ -203,7 +203,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
 def _augmented_probe(cfg: EvaluateConfig, store: ImageStore, train: np.ndarray):
     """The paper's probe through this model's network (a model file's, or the seeded random-init one)."""
-    from pipeline.augmented_probe import AugmentedProbeConfig, train_augmented_probe
+    from pipeline.evaluation.augmented_probe import AugmentedProbeConfig, train_augmented_probe
     if cfg.model is not None:
         backbone, meta = load_model(cfg.model)
         prep = meta["preprocessing"]
@@ -218,10 +218,10 @@ def _augmented_probe(cfg: EvaluateConfig, store: ImageStore, train: np.ndarray):
 
 
 def _agreement(cfg: EvaluateConfig, store: ImageStore, x: np.ndarray, ref: tuple, train, val) -> dict:
-    """agree10 / agree1 of this model against the reference (pipeline/agreement.py), with the reference's
+    """agree10 / agree1 of this model against the reference (pipeline/evaluation/agreement.py), with the reference's
     identity: a cache by its teacher weights, data and shard checksums; a model file by its sha256."""
-    from pipeline.agreement import teacher_agreement
-    from pipeline.run_identity import run_identity
+    from pipeline.evaluation.agreement import teacher_agreement
+    from pipeline.runtime.run_identity import run_identity
     z, ref_source = ref
     if len(z) != store.n:
         raise CompressError(f"{len(z)} reference feature rows for {store.n} images in {store.root}; rebuild them")
@@ -245,8 +245,8 @@ def _features_note(source: dict) -> str:
 
 
 def _figures(cfg, store, device, x, knn_pred, val, train, ref=None) -> list[str]:
-    from pipeline import figures
-    from pipeline.knn import search
+    from pipeline.evaluation import figures
+    from pipeline.evaluation.knn import search
     name = cfg.name or cfg.out.stem
     classes = store.manifest.get("classes")
     paths = [figures.confusion_matrix(store.labels[val], knn_pred, store.num_classes,

@@ -6,7 +6,7 @@ Every export is loaded back and run on a probe batch; it is refused unless it re
 embedding within `tolerance`. A JSON sidecar (`<out>.json`) says how images become inputs, because an exported
 network without its mean/std and input size silently gives wrong embeddings. The sidecar also records the
 export's sha256, so `extract --weights OUT` can use a state-dict export as a teacher with exactly this
-architecture, stem and preprocessing (pipeline/teachers.py).
+architecture, stem and preprocessing (pipeline/models/teachers.py).
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoint_formats import SIDECAR_FORMAT
-from pipeline.errors import CompressError
-from pipeline.modelfile import load_model
-from pipeline.models import Backbone, build_backbone
-from pipeline.provenance import provenance, sha256_file
+from pipeline.models.checkpoint_formats import SIDECAR_FORMAT
+from pipeline.runtime.errors import CompressError
+from pipeline.models.modelfile import load_model
+from pipeline.models.backbones import Backbone, build_backbone
+from pipeline.runtime.provenance import provenance, sha256_file
 
 EXPORT_FORMATS = ("state-dict", "torchscript", "onnx")
 _SUFFIX = {"state-dict": ".pth", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -125,7 +125,7 @@ def export(cfg: ExportConfig) -> dict:
         "preprocessing": pre,
         "input": "float32 (N, 3, input_size, input_size) RGB: short side resized to floor(input_size / "
                  "crop_fraction) with the `resize` filter (antialiased, rounded to uint8), centre crop of "
-                 "input_size, pixels / 255, then (x - mean) / std per channel (pipeline/eval_view.py)",
+                 "input_size, pixels / 255, then (x - mean) / std per channel (pipeline/data/eval_view.py)",
         "output": "(N, embed_dim) pooled backbone features, not normalised; l2-normalise before cosine/kNN",
         "source": str(source), "source_sha256": sha256_file(source),
         "method": meta.get("method"), "data_fingerprint": meta.get("data_fingerprint"),

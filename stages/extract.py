@@ -21,16 +21,16 @@ from cache.layout import CacheSpec, rank_shards
 from cache.lock import StoreLock
 from cache.store import attributes, open_or_create
 from cache.writer import CacheWriter
-from pipeline import distributed
-from pipeline.augment import center_crops, sample_crops
-from pipeline.code_digest import code_digest
-from pipeline.device import pick_device
-from pipeline.embed import embed_blocks
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore
-from pipeline.models import check_input_size
-from pipeline.provenance import provenance
-from pipeline.teachers import load_teacher
+from pipeline.runtime import distributed
+from pipeline.data.augment import center_crops, sample_crops
+from pipeline.runtime.code_digest import code_digest
+from pipeline.runtime.device import pick_device
+from pipeline.evaluation.embed import embed_blocks
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore
+from pipeline.models.backbones import check_input_size
+from pipeline.runtime.provenance import provenance
+from pipeline.models.teachers import load_teacher
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, 
     for v in range(spec.views):
         parts = []
         source = ReadAhead(store, hi, reader)
-        view = None if v == 0 else crops[:, v]  # view 0: the evaluation view (pipeline.eval_view), as `eval`
+        view = None if v == 0 else crops[:, v]  # view 0: the evaluation view (pipeline.data.eval_view), as `eval`
         for _, z in embed_blocks(teacher, source, prep, lo, hi, batch_size, device, crops=view):
             parts.append(z)
             if bar is not None:

@@ -1,6 +1,6 @@
-"""Stage `prepare`: turn a data source into the packed uint8 image store (see pipeline/imagestore.py).
+"""Stage `prepare`: turn a data source into the packed uint8 image store (see pipeline/data/imagestore.py).
 
-Readers live in pipeline/sources (one module per kind of source). This stage resizes, deals with undecodable
+Readers live in pipeline/data/sources (one module per kind of source). This stage resizes, deals with undecodable
 items (a report, then fail, or skip and record in the manifest) and writes the store.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.atomic import make_dir, write_text
-from pipeline.errors import CompressError
-from pipeline.imagestore import write_image_store
-from pipeline.sources import READERS, load
+from pipeline.runtime.atomic import make_dir, write_text
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import write_image_store
+from pipeline.data.sources import READERS, load
 
 DATASETS = tuple(READERS)
 REPORT = "prepare-report.json"  # written beside the store whenever some items could not be decoded

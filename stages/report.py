@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import CompressError
+from pipeline.runtime.errors import CompressError
 
 COLUMNS = (("nn", "NN"), ("knn20", "kNN-20"), ("linear", "Linear"), ("ca", "CA"))
 AGREEMENT = (("agree10", "agree10"), ("agree1", "agree1"))  # optional: only rows evaluated against a teacher

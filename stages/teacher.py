@@ -1,7 +1,7 @@
 """Stage `teacher`: produce the teacher artifact (a compress-cache model file) that `extract` runs once.
 
 Either import a checkpoint the user brings (`weights`: MoCo, SwAV, SimCLR, DINO, torchvision or a model file;
-loaded strictly, see pipeline/teachers.py) or, when none is named, pretrain one self-supervised with MoCo v2 on
+loaded strictly, see pipeline/models/teachers.py) or, when none is named, pretrain one self-supervised with MoCo v2 on
 the prepared data - nothing can be downloaded here. Both paths end in the same file: `OUT/model.pt`.
 """
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import CompressError
-from pipeline.modelfile import save_model
-from pipeline.models import Backbone
-from pipeline.provenance import provenance
-from pipeline.teachers import load_teacher
+from pipeline.runtime.errors import CompressError
+from pipeline.models.modelfile import save_model
+from pipeline.models.backbones import Backbone
+from pipeline.runtime.provenance import provenance
+from pipeline.models.teachers import load_teacher
 from stages.train import TrainConfig, train
 
 

@@ -24,29 +24,29 @@ import torch.distributed as dist
 
 from cache.errors import CacheError
 from cache.lock import StoreLock
-from pipeline import distributed
+from pipeline.runtime import distributed
 
-from pipeline.atomic import io_error, make_dir, remove_temporaries, write_text
-from pipeline.augment import RECIPES, render, sample_views
-from pipeline.checkpoint import restore_checkpoint, save_checkpoint
-from pipeline.code_digest import code_digest
-from pipeline.device import pick_device
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore
-from pipeline.loader import BatchLoader
+from pipeline.runtime.atomic import io_error, make_dir, remove_temporaries, write_text
+from pipeline.data.augment import RECIPES, render, sample_views
+from pipeline.runtime.checkpoint import restore_checkpoint, save_checkpoint
+from pipeline.runtime.code_digest import code_digest
+from pipeline.runtime.device import pick_device
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore
+from pipeline.data.loader import BatchLoader
 from pipeline.methods import METHODS, DataInfo, build_method, method_class, method_needs_teacher
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone, check_input_size
-from pipeline.provenance import provenance
-from pipeline.run_identity import describe, run_identity
-from pipeline.run_log import RunLog
-from pipeline.schedules import lr_schedule
-from pipeline.settings import setting
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone, check_input_size
+from pipeline.runtime.provenance import provenance
+from pipeline.runtime.run_identity import describe, run_identity
+from pipeline.runtime.run_log import RunLog
+from pipeline.runtime.schedules import lr_schedule
+from pipeline.runtime.settings import setting
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of `train`, with its default, help, range and the paper's value (pipeline/settings.py); the
+    """Every setting of `train`, with its default, help, range and the paper's value (pipeline/runtime/settings.py); the
     CLI's options are generated from these fields. The defaults are the paper's ImageNet recipe."""
     data: Path = setting(MISSING, "Image store (from `prepare`).")
     out: Path = setting(MISSING, "Run folder. Re-running the same command resumes from its checkpoint.")
@@ -95,7 +95,7 @@ class TrainConfig:
                                                  "`extract` reads).", shown="none")
     teacher_arch: str | None = setting(None, "Teacher architecture, when the weights do not tell it.",
                                        shown="from the weights")
-    # augmentation, drawn per sample on the device (pipeline/augment.py RECIPES)
+    # augmentation, drawn per sample on the device (pipeline/data/augment.py RECIPES)
     augment: str | None = setting(None, "Augmentation recipe: crop-flip (RandomResizedCrop + flip, CompRess's) or "
                                         "mocov2 (+ colour jitter, grayscale, blur; MoCo v2's).",
                                   shown="mocov2 for --method moco, else crop-flip", choices=tuple(RECIPES))
@@ -171,7 +171,7 @@ def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
                   and saved.get(k, defaults.get(k)) != current[k])
 
 
-# Paths are compared by what they hold (the run's identity, pipeline/run_identity.py), never by how they are
+# Paths are compared by what they hold (the run's identity, pipeline/runtime/run_identity.py), never by how they are
 # spelled: the same data by another path resumes, another teacher at the same path is refused.
 PATH_SETTINGS = ("data", "cache", "out", "teacher_weights")
 
@@ -230,7 +230,7 @@ def _clear_run(out: Path) -> None:
 
 
 def _check_values(cfg: TrainConfig) -> None:
-    """The ranges of the settings (pipeline/settings.py) hold for a config built in code as well as on the command
+    """The ranges of the settings (pipeline/runtime/settings.py) hold for a config built in code as well as on the command
     line (where they are usage errors): a non-finite or out-of-range number stops the run before it writes."""
     for f in fields(TrainConfig):
         v = getattr(cfg, f.name)
@@ -276,7 +276,7 @@ class LiveTeacher:
     Not part of the trained module: never optimised, never checkpointed, always in eval mode."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
-        from pipeline.teachers import load_teacher
+        from pipeline.models.teachers import load_teacher
         self.net, self.identity = load_teacher(cfg.teacher_weights, arch=cfg.teacher_arch)
         self.net.to(device).eval()
         if cfg.channels_last:

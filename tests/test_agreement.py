@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.agreement import teacher_agreement
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
-from pipeline.provenance import sha256_file
+from pipeline.evaluation.agreement import teacher_agreement
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
+from pipeline.runtime.provenance import sha256_file
 from tests.train_fixtures import make_tiny
 
 

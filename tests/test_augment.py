@@ -1,9 +1,9 @@
 """Per-sample crops and colour augmentation: independent draws, seeded, reproducible from stored parameters."""
 import torch
 
-from pipeline.augment import (COLOR_PARAMS, center_crops, color_augment, render, sample_color,
+from pipeline.data.augment import (COLOR_PARAMS, center_crops, color_augment, render, sample_color,
                               sample_crops)
-from pipeline.color import identity_color
+from pipeline.data.color import identity_color
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

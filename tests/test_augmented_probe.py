@@ -6,12 +6,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.augmented_probe import AugmentedProbeConfig, train_augmented_probe
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore, write_image_store
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from pipeline.evaluation.augmented_probe import AugmentedProbeConfig, train_augmented_probe
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
 from stages.evaluate import EvaluateConfig, evaluate
 from stages.prepare import PrepareConfig, prepare
 
@@ -84,7 +84,7 @@ def test_learns_the_colour_classes(colours):
 
     net = MeanColour()
     pre = default_preprocessing(8)
-    from pipeline.embed import embed_all
+    from pipeline.evaluation.embed import embed_all
     x = embed_all(net, store, pre, 64)
     predict, _ = train_augmented_probe(net, store, train, pre, x[train], store.labels[train], 3,
                                        AugmentedProbeConfig(epochs=20, batch_size=16))

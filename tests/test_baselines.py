@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stages.train as train_stage
-from pipeline.errors import CompressError
+from pipeline.runtime.errors import CompressError
 from stages.train import config_from_dict, train
 from tests.train_fixtures import make_tiny
 
@@ -65,8 +65,8 @@ def test_live_teacher_is_frozen_in_eval_mode_and_unchanged(tiny, tmp_path, monke
 def test_live_teacher_embeddings_match_the_cache_on_centre_crops(tiny):
     """Same network, same normalisation: the live path computes what extract stored (fp16 rounding aside)."""
     from cache.load import load_embeddings
-    from pipeline.augment import center_crops, render
-    from pipeline.imagestore import ImageStore
+    from pipeline.data.augment import center_crops, render
+    from pipeline.data.imagestore import ImageStore
     cfg = _cfg(tiny, tiny / "unused", teacher_source="live", teacher_weights=tiny / "t.pt")
     live = train_stage.LiveTeacher(cfg, torch.device("cpu"))
     images = torch.from_numpy(ImageStore(tiny / "data").read())[:16]

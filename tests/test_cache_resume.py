@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.imagestore import write_image_store
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from pipeline.data.imagestore import write_image_store
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
 
 REPO = Path(__file__).resolve().parent.parent
 N, SHARD = 96, 8  # 12 shards: a kill lands mid-run
@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 
 
 def args(tmp: Path, out: Path, launcher: list[str] | None = None) -> list[str]:
-    launcher = launcher or [sys.executable, "-m", "pipeline"]
+    launcher = launcher or [sys.executable, "-m", "stages"]
     return launcher + ["extract", "--data", str(tmp / "data"), "--weights", str(tmp / "t.pt"), "--out", str(out),
                        "--shard-rows", str(SHARD), "--batch-size", "8", "--device", "cpu", "--no-progress"]
 
@@ -81,7 +81,7 @@ def test_two_torchrun_processes_give_the_same_store(setup):
     tmp, reference = setup
     out = tmp / "two.zarr"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "pipeline"]
+                "-m", "stages"]
     done = subprocess.run(args(tmp, out, torchrun), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(re.findall(r"written now", done.stdout)) == 1  # rank 0 alone reports

@@ -3,7 +3,7 @@ the same weights as an uninterrupted one."""
 import pytest
 import torch
 
-import pipeline.cluster_assignment as cluster_assignment
+import pipeline.evaluation.cluster_assignment as cluster_assignment
 import pipeline.methods.cc as cc_module
 from pipeline.methods import DataInfo, build_method
 from stages.train import config_from_dict, train

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pipeline.checkpoint_formats import detect, infer_arch, map_checkpoint
-from pipeline.errors import CompressError
-from pipeline.models import build_classifier_net
+from pipeline.models.checkpoint_formats import detect, infer_arch, map_checkpoint
+from pipeline.runtime.errors import CompressError
+from pipeline.models.backbones import build_classifier_net
 
 
 def _sd(arch):

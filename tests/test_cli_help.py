@@ -4,19 +4,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.cli import _COMMANDS
+from stages.cli import _COMMANDS
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_each_listed_summary_is_its_commands_own_first_sentence():
     for name, (module, summary) in _COMMANDS.items():
-        command = importlib.import_module(f"pipeline.cli.{module}").command
+        command = importlib.import_module(f"stages.cli.{module}").command
         assert command.get_short_help_str(limit=1000) == summary, name
 
 
 def test_top_level_help_lists_the_commands_without_importing_torch():
-    probe = ("import sys; from click.testing import CliRunner; from pipeline.cli import main; "
+    probe = ("import sys; from click.testing import CliRunner; from stages.cli import main; "
              "r = CliRunner().invoke(main, ['--help']); print(r.exit_code, 'torch' in sys.modules); print(r.output)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                          timeout=120).stdout

@@ -4,9 +4,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.cluster_assignment import (UNMATCHED, CAConfig, cluster_assignment, contingency, kmeans,
+from pipeline.evaluation.cluster_assignment import (UNMATCHED, CAConfig, cluster_assignment, contingency, kmeans,
                                          mapped_accuracy, match)
-from pipeline.errors import CompressError
+from pipeline.runtime.errors import CompressError
 
 
 def _brute_force(clusters, labels, k, c, score):

@@ -8,8 +8,8 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.code_digest import code_digest
+from stages.cli import main
+from pipeline.runtime.code_digest import code_digest
 from tests.train_fixtures import TINY, make_tiny
 
 

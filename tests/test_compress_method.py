@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.losses import compress_loss
+from pipeline.methods.losses import compress_loss
 from pipeline.methods.bank import AnchorBank
 from pipeline.methods.compress import CompRess
 from tests.tiny_student import TinyStudent

@@ -47,7 +47,7 @@ def test_an_edited_loss_changes_every_student_stage(tmp_path):
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, tmp_path / rel)
     (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n    analytics = false\n")
-    with open(tmp_path / "pipeline" / "losses.py", "a") as f:
+    with open(tmp_path / "pipeline" / "methods" / "losses.py", "a") as f:
         f.write("# an appended comment\n")
     out = subprocess.run([*DVC, "status", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from stages.cli import main
 
 TINY = ["--input-size", "8", "--batch-size", "32", "--bank-size", "64", "--seed", "0", "--no-hflip"]
 

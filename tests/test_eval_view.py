@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.errors import CompressError
-from pipeline.eval_view import eval_view, resize_side, resized_hw
-from pipeline.imagestore import write_image_store
-from pipeline.modelfile import default_preprocessing, load_model, save_model
-from pipeline.models import build_backbone
-from pipeline.teachers import format_preprocessing
+from pipeline.runtime.errors import CompressError
+from pipeline.data.eval_view import eval_view, resize_side, resized_hw
+from pipeline.data.imagestore import write_image_store
+from pipeline.models.modelfile import default_preprocessing, load_model, save_model
+from pipeline.models.backbones import build_backbone
+from pipeline.models.teachers import format_preprocessing
 
 PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 

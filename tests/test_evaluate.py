@@ -7,11 +7,11 @@ import torch
 from click.testing import CliRunner
 
 import stages.evaluate as ev
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.imagestore import write_image_store
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import write_image_store
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
 from stages.evaluate import EvaluateConfig, evaluate
 from stages.report import ReportConfig, report
 
@@ -107,7 +107,7 @@ def test_figures_and_report(store, tmp_path):
 
 
 def test_retrieval_grid_frames_each_neighbour_by_whether_its_label_matches_the_query():
-    from pipeline.figures import GREEN, GREY, RED, _rgb, compose_grid
+    from pipeline.evaluation.figures import GREEN, GREY, RED, _rgb, compose_grid
     images = np.stack([np.full((8, 8, 1), 10 * i, dtype=np.uint8) for i in range(6)])
     labels = np.array([0, 0, 1, 1, 0, 1])
     # query 0 (label 0): A's neighbours 1 (same label) and 2 (other), B's neighbours 3 (other) and 4 (same)
@@ -119,7 +119,7 @@ def test_retrieval_grid_frames_each_neighbour_by_whether_its_label_matches_the_q
 
 
 def test_figures_alone_draw_the_models_own_retrieval_grid(store, tmp_path):
-    from pipeline.figures import GREEN, GREY, RED, _rgb, compose_grid
+    from pipeline.evaluation.figures import GREEN, GREY, RED, _rgb, compose_grid
     data, _ = store
     r = CliRunner().invoke(main, ["eval", "--data", str(data), "--random-init", "resnet18", "--small-input",
                                   "--out", str(tmp_path / "r.json"), "--figures", str(tmp_path / "fig"),

@@ -6,9 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from stages.cli import main
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.embed import embed_all
-from pipeline.imagestore import ImageStore, write_image_store
-from pipeline.modelfile import default_preprocessing, load_model, save_model
-from pipeline.models import build_backbone
+from stages.cli import main
+from pipeline.evaluation.embed import embed_all
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.models.modelfile import default_preprocessing, load_model, save_model
+from pipeline.models.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from cache.errors import CacheError
 from cache.load import load_crops, load_embeddings
-from pipeline.cli import main
-from pipeline.embed import embed_all
-from pipeline.imagestore import ImageStore, write_image_store
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
-from pipeline.teachers import load_teacher
+from stages.cli import main
+from pipeline.evaluation.embed import embed_all
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
+from pipeline.models.teachers import load_teacher
 from stages.extract import ExtractConfig, extract
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def test_cli_extract_info_verify(tmp_path):
 
 
 def test_distributed_helpers_are_no_ops_at_world_size_one():
-    from pipeline import distributed
+    from pipeline.runtime import distributed
     world = distributed.init("cpu")
     assert (world.rank, world.world_size, world.is_main, world.backend) == (0, 1, True, None)
     x = torch.randn(3, 4, requires_grad=True)

@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from pipeline import augment
-from pipeline.augment import RECIPES, render, sample_views
-from pipeline.cli import main
-from pipeline.cli.train import command as train_command
+from pipeline.data import augment
+from pipeline.data.augment import RECIPES, render, sample_views
+from stages.cli import main
+from stages.cli.train import command as train_command
 from pipeline.methods.compress import CompRess
-from pipeline.models import build_backbone
+from pipeline.models.backbones import build_backbone
 from stages.train import config_from_dict
 from tests.train_fixtures import TINY, make_tiny
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.knn import KNNConfig, knn_classify, search, vote
+from pipeline.evaluation.knn import KNNConfig, knn_classify, search, vote
 
 
 def _data(seed=0, n=300, q=80, d=16, c=7):

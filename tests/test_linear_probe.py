@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import linear_probe
-from pipeline.errors import CompressError
-from pipeline.linear_probe import (ProbeConfig, ProbeHead, check_frozen, fit_head, lr_schedule, predictor,
+from pipeline.evaluation import linear_probe
+from pipeline.runtime.errors import CompressError
+from pipeline.evaluation.linear_probe import (ProbeConfig, ProbeHead, check_frozen, fit_head, lr_schedule, predictor,
                                    snapshot, standardiser, train_probe)
 
 

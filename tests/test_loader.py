@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.imagestore import ImageStore, write_image_store
-from pipeline.loader import BatchLoader, eval_shard
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.data.loader import BatchLoader, eval_shard
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Property tests of the pure loss functions (pipeline/losses.py)."""
+"""Property tests of the pure loss functions (pipeline/methods/losses.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import (cluster_classification_loss, compress_kl, compress_loss, crd_loss, infonce,
+from pipeline.methods.losses import (cluster_classification_loss, compress_kl, compress_loss, crd_loss, infonce,
                              regression_loss, seed_loss, similarity_logits)
 
 

@@ -4,7 +4,7 @@ import torch
 
 import pipeline.methods.moco as moco_module
 from pipeline.methods.moco import MoCo
-from pipeline.models import build_backbone
+from pipeline.models.backbones import build_backbone
 
 
 @pytest.fixture

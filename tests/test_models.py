@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.models import build_backbone, build_classifier_net
-from pipeline.wide_resnet import WideResNet50
+from pipeline.models.backbones import build_backbone, build_classifier_net
+from pipeline.models.wide_resnet import WideResNet50
 
 WIDTHS = {"alexnet": 4096, "mobilenet_v2": 1280, "resnet18": 512, "resnet34": 512, "resnet50": 2048,
           "shufflenet_v2_x0_5": 1024, "resnet50x1": 2048, "resnet50x2": 4096, "resnet50x4": 8192}
@@ -64,8 +64,8 @@ def test_simclr_x1_is_torchvision_resnet50():
 
 
 def test_an_input_too_small_for_the_architecture_is_a_one_line_error():
-    from pipeline.errors import CompressError
-    from pipeline.models import check_input_size
+    from pipeline.runtime.errors import CompressError
+    from pipeline.models.backbones import check_input_size
     alexnet = build_backbone("alexnet", small_input=False, seed=0)
     with pytest.raises(CompressError, match="alexnet cannot take 16 px"):
         check_input_size(alexnet, 16, "alexnet")

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore
 from stages.prepare import REPORT, PrepareConfig, prepare
 
 

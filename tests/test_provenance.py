@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from pipeline import provenance
+from pipeline.runtime import provenance
 
 
 def _git(repo, *args):

@@ -3,9 +3,9 @@ narrow ResNet-18s load without --teacher, to the same embedding as the network t
 import pytest
 import torch
 
-from pipeline.checkpoint_formats import infer_arch
-from pipeline.models import build_classifier_net
-from pipeline.teachers import load_teacher
+from pipeline.models.checkpoint_formats import infer_arch
+from pipeline.models.backbones import build_classifier_net
+from pipeline.models.teachers import load_teacher
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

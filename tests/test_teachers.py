@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pipeline.errors import CompressError
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
-from pipeline.teachers import load_teacher
+from pipeline.runtime.errors import CompressError
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
+from pipeline.models.teachers import load_teacher
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

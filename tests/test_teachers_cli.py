@@ -7,11 +7,11 @@ import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
 
-from pipeline.augment import center_crops, render
-from pipeline.cli import main
-from pipeline.imagestore import ImageStore, write_image_store
+from pipeline.data.augment import center_crops, render
+from stages.cli import main
+from pipeline.data.imagestore import ImageStore, write_image_store
 
-pytest.importorskip("pipeline.cli.extract")
+pytest.importorskip("stages.cli.extract")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.models import build_backbone
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.models.backbones import build_backbone
 from stages.prepare import PrepareConfig, prepare
 from tests.vit_reference import official_shapes, random_weights
 
@@ -81,7 +81,7 @@ def test_names_that_need_the_hub_or_do_not_exist(arch, message):
 
 
 def _train_cmd(d: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "train", "--data", str(d / "data"), "--cache", str(d / "vit.zarr"),
+    return [sys.executable, "-m", "stages", "train", "--data", str(d / "data"), "--cache", str(d / "vit.zarr"),
             "--student", STUDENT, "--out", str(out), "--preset", "tiny", "--epochs", "2", "--checkpoint-every", "2",
             "--device", "cpu", "--no-tensorboard", "--method", "compress-2q"]
 

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pipeline.code_digest import code_digest
+from pipeline.runtime.code_digest import code_digest
 from stages.train import TrainConfig, changed_settings
 
 

@@ -31,11 +31,11 @@ def command(d: Path, out: Path, batch: int, launcher: list[str], bn_groups: int 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = make_tiny(tmp_path_factory.mktemp("ddp"))
-    one = [sys.executable, "-m", "pipeline"]
+    one = [sys.executable, "-m", "stages"]
     subprocess.run(command(d, d / "one", 32, one), env=ENV, check=True, capture_output=True)
     subprocess.run(command(d, d / "ghost", 32, one, bn_groups=2), env=ENV, check=True, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "pipeline"]
+                "-m", "stages"]
     done = subprocess.run(command(d, d / "two", 16, torchrun), env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pipeline.methods.compress as compress_module
-from pipeline.errors import CompressError
+from pipeline.runtime.errors import CompressError
 from stages.train import config_from_dict, train
 from tests.train_fixtures import make_tiny
 
@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
 
 
 def command(d: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "train", "--data", str(d / "data"), "--cache", str(d / "t1.zarr"),
+    return [sys.executable, "-m", "stages", "train", "--data", str(d / "data"), "--cache", str(d / "t1.zarr"),
             "--out", str(out), "--preset", "tiny", "--epochs", "2", "--checkpoint-every", "2", "--device", "cpu",
             "--no-tensorboard", "--method", "compress-2q"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.modelfile import load_model
+from pipeline.models.modelfile import load_model
 from stages.prepare import PrepareConfig, prepare
 from stages.train import config_from_dict, train
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cache.errors import CacheError
 from cache.load import load_embeddings
-from pipeline.cli import main
+from stages.cli import main
 from stages.extract import extract
 from tests.test_extract import cfg, tiny
 

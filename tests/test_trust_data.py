@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore, write_image_store
-from pipeline.loader import BatchLoader
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.data.loader import BatchLoader
 
 N = 300
 

@@ -17,10 +17,10 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from pipeline.atomic import is_temp, write_atomic
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore
+from pipeline.runtime.atomic import is_temp, write_atomic
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore
 from tests.test_trust_train import cfg, tiny  # noqa: F401 - the shared fixture
 from stages.train import train
 
@@ -60,7 +60,7 @@ def _one_line_error(result, *words) -> None:
 
 def test_prepare_on_a_full_disk_is_one_line_and_then_the_same_store(small_disk, tmp_path):
     point, resize = small_disk
-    args = [sys.executable, "-m", "pipeline", "prepare", "--dataset", "digits", "--out"]
+    args = [sys.executable, "-m", "stages", "prepare", "--dataset", "digits", "--out"]
     subprocess.run(args + [str(tmp_path / "reference")], check=True, capture_output=True, cwd=REPO)
     resize("100k")  # the 100 KB: the 232 KB store does not fit
     full = subprocess.run(args + [str(point / "data")], capture_output=True, text=True, cwd=REPO)

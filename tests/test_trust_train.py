@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from cache.lock import StoreLock
-from pipeline.cli import main
-from pipeline.errors import CompressError
-from pipeline.imagestore import ImageStore
-from pipeline.modelfile import default_preprocessing, load_model, save_model
-from pipeline.models import build_backbone
-from pipeline.run_identity import run_identity
+from stages.cli import main
+from pipeline.runtime.errors import CompressError
+from pipeline.data.imagestore import ImageStore
+from pipeline.models.modelfile import default_preprocessing, load_model, save_model
+from pipeline.models.backbones import build_backbone
+from pipeline.runtime.run_identity import run_identity
 from stages.extract import ExtractConfig, extract
 from stages.prepare import PrepareConfig, prepare
 from stages.train import config_from_dict, train
@@ -45,7 +45,7 @@ def cfg(d, out, **kw):
 
 
 def _weights_sha(path) -> str:
-    from pipeline.provenance import sha256_file
+    from pipeline.runtime.provenance import sha256_file
     return sha256_file(path)[:12]
 
 
@@ -64,7 +64,7 @@ def test_paths_are_not_settings_but_what_they_hold_is():
     from dataclasses import asdict, replace
     from pathlib import Path
 
-    from pipeline.code_digest import code_digest
+    from pipeline.runtime.code_digest import code_digest
     from stages.train import TrainConfig, changed_settings
     run = TrainConfig(data=Path("data"), out=Path("runs/a"), cache=Path("t.zarr"))
     saved = {**json.loads(json.dumps(asdict(run), default=str)), "code": code_digest()}

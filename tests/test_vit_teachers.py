@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.checkpoint_formats import detect, infer_arch, map_checkpoint
-from pipeline.cli import main
-from pipeline.eval_view import eval_view
-from pipeline.imagestore import ImageStore, write_image_store
-from pipeline.models import build_backbone
+from pipeline.models.checkpoint_formats import detect, infer_arch, map_checkpoint
+from stages.cli import main
+from pipeline.data.eval_view import eval_view
+from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.models.backbones import build_backbone
 from tests.vit_reference import official_shapes, random_weights, reference_rows
 
 # tiny releases: patch 4, width 128 (2 heads of 64), depth 2; grid 4 (DINO, 16 px) and 5 (DINOv2, 20 px)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.modelfile import default_preprocessing, save_model
-from pipeline.models import build_backbone
+from stages.cli import main
+from pipeline.models.modelfile import default_preprocessing, save_model
+from pipeline.models.backbones import build_backbone
 from stages.prepare import PrepareConfig, prepare
 
 # every option of the tiny preset spelled out, so the commands read like a user's

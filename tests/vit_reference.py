@@ -1,4 +1,4 @@
-"""Test helpers written from the DINO / DINOv2 architecture, independently of pipeline/vit.py: random weights in
+"""Test helpers written from the DINO / DINOv2 architecture, independently of pipeline/models/vit.py: random weights in
 the releases' key layouts, and a plain forward (explicit attention, LayerNorm, GELU/SwiGLU, position-embedding
 resampling) to compare the project's rows with."""
 import math

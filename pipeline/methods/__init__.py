@@ -10,7 +10,7 @@ import pkgutil
 
 from torch import nn
 
-from pipeline.errors import CompressError
+from pipeline.runtime.errors import CompressError
 from pipeline.methods.base import QUEUE_DTYPES, REGISTRY, BuildContext, DataInfo, Method  # noqa: F401
 
 for _module in pkgutil.iter_modules(__path__):

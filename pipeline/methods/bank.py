@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline import distributed
+from pipeline.runtime import distributed
 
 
 class AnchorBank(nn.Module):
@@ -68,7 +68,7 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 def batch_statistics_mode(module: nn.Module) -> nn.Module:
     """Eval mode except BatchNorm, which normalises by the batch's statistics: how the official CompRess code runs
     its momentum encoder. Nothing stochastic stays active (the backbones carry no dropout anyway, see
-    pipeline/models.py), and BN keeps doing what the online network's BN does in training."""
+    pipeline/models/backbones.py), and BN keeps doing what the online network's BN does in training."""
     module.eval()
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

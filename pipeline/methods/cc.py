@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.losses import cluster_classification_loss
+from pipeline.methods.losses import cluster_classification_loss
 from pipeline.methods.base import BuildContext, Method, register
 
 
 def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
     """(N,) cluster id of every cached row: k-means on the training rows only, then nearest centroid for all.
     A multi-view cache is clustered on view 0, the un-augmented centre crop (what the paper clustered)."""
-    from pipeline.cluster_assignment import assign, kmeans
+    from pipeline.evaluation.cluster_assignment import assign, kmeans
     x = rows[:, 0] if rows.ndim == 3 else rows
     x = x.float().cpu().numpy()
     centroids = kmeans(x[train_indices], k, niter=niter, seed=seed)

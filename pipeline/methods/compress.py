@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.losses import compress_loss
+from pipeline.methods.losses import compress_loss
 from pipeline.methods.base import BuildContext, Method, register
 from pipeline.methods.bank import AnchorBank, batch_statistics_mode, momentum_copy, momentum_update
 

@@ -3,7 +3,7 @@
 Both sides get a training-only linear embedding into `dim` dimensions (l2-normalised). Two memories hold, for
 every training image (indexed by its dataset index), a momentum average of its student and teacher embeddings.
 Each step draws K images from the training set; the student embedding must pick its own image's teacher
-embedding against those K teacher memories, and vice versa (pipeline/losses.py crd_loss).
+embedding against those K teacher memories, and vice versa (pipeline/methods/losses.py crd_loss).
 
 dim   embedding width (128)
 K     negatives per step (CRD: 16,384; clip to the data for small sets)
@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline import distributed
-from pipeline.losses import crd_loss
+from pipeline.runtime import distributed
+from pipeline.methods.losses import crd_loss
 from pipeline.methods.base import BuildContext, Method, register
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.losses import infonce
+from pipeline.methods.losses import infonce
 from pipeline.methods.bank import AnchorBank, batch_statistics_mode, momentum_copy, momentum_update
 from pipeline.methods.base import BuildContext, Method, register
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.losses import regression_loss
+from pipeline.methods.losses import regression_loss
 from pipeline.methods.base import BuildContext, Method, register
 
 

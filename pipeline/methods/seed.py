@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.losses import seed_loss
+from pipeline.methods.losses import seed_loss
 from pipeline.methods.bank import AnchorBank
 from pipeline.methods.base import BuildContext, Method, register
 

@@ -1,0 +1,41 @@
+"""Run a frozen backbone over an image store in contiguous blocks: the one forward pass that both teacher
+extraction and student evaluation use, on the evaluation view (pipeline.data.eval_view) unless crops are given."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.data.augment import render
+from pipeline.data.eval_view import eval_view
+from pipeline.data.imagestore import ImageStore
+
+
+@torch.no_grad()
+def embed_blocks(backbone: torch.nn.Module, store: ImageStore, preprocessing: dict, start: int, stop: int,
+                 batch_size: int, device: torch.device, crops: torch.Tensor | None = None,
+                 autocast: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (row, l2-normalised float32 embeddings on the CPU) for rows [start, stop), in order.
+
+    Without `crops` every image goes through `eval_view` (resize the short side, centre crop); `crops`
+    (stop - start, 5) renders those crops instead (the augmented views 1.. of a multi-view cache).
+    """
+    backbone.eval()
+    for lo in range(start, stop, batch_size):
+        hi = min(lo + batch_size, stop)
+        images = torch.from_numpy(store.read(lo, hi)).to(device, non_blocking=True)
+        if crops is None:
+            x = eval_view(images, preprocessing)
+        else:
+            x = render(images, crops[lo - start:hi - start], preprocessing["input_size"], preprocessing["mean"],
+                       preprocessing["std"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            z = backbone(x)
+        yield lo, F.normalize(z.float(), dim=1).cpu()
+
+
+def embed_all(backbone, store, preprocessing, batch_size=256, device=torch.device("cpu"), **kw) -> torch.Tensor:
+    """(N, D) l2-normalised embeddings of every row of the store."""
+    parts = [z for _, z in embed_blocks(backbone, store, preprocessing, 0, store.n, batch_size, device, **kw)]
+    return torch.cat(parts)

@@ -1,0 +1,61 @@
+"""What produced an artifact: git SHA, arguments, package versions, time. Logged with every run."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]  # pipeline/runtime/ -> the repository
+# Committed outputs of the pipeline: `dvc repro` rewrites them while it runs, so they say nothing about the code.
+_OUTPUTS = ("dvc.lock", "metrics", "reports", "figures")
+
+
+def git_sha() -> str:
+    """The commit of the code that runs, with '+dirty' when the tree has changes other than the pipeline's own
+    outputs; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in _OUTPUTS)], cwd=_REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+    import torchvision
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses to unpickle
+    out = {"python": platform.python_version(), "torch": str(torch.__version__),
+           "torchvision": str(torchvision.__version__), "numpy": str(numpy.__version__)}
+    try:
+        import zarr
+        out["zarr"] = str(zarr.__version__)
+    except ImportError:  # pragma: no cover - zarr is a hard dependency
+        pass
+    return out
+
+
+def provenance(arguments: dict | None = None) -> dict:
+    """A record to store beside (or inside) every artifact."""
+    return {
+        "git_sha": git_sha(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in (arguments or {}).items()},
+        "versions": versions(),
+    }
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
