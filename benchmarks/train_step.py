@@ -4,7 +4,7 @@ One run, same data and same batches for every variant, alternating the order eac
   floor    student-only step: render the crops, the student's forward as the method trains it (backbone plus
            the training-only head of compress-1q), a trivial loss, backward, SGD step
   backbone_floor  the same without any head: the backbone alone (this benchmark's floor until 2026-11-26)
-  cached   the trainer's step with teacher embeddings indexed from a cache in RAM (the default)
+  cached   the trainer's own step (stages.train.Step) with teacher embeddings indexed from a cache in RAM
   live     the same step with the frozen teacher run on the same crops first (--teacher-source live)
   teacher  the teacher's forward alone on those crops (no_grad, eval mode)
 Medians over rounds (--extra-rounds adds rounds of floor, cached and backbone_floor only). summary:
@@ -32,64 +32,69 @@ from dataclasses import asdict
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from pipeline.augment import render, sample_crops  # noqa: E402
-from pipeline.methods import DataInfo, build_method  # noqa: E402
-from pipeline.modelfile import default_preprocessing  # noqa: E402
-from pipeline.models import build_backbone  # noqa: E402
-from stages.train import TrainConfig  # noqa: E402
+from pipeline.data.augment import render, sample_crops
+from pipeline.methods import DataInfo, build_method
+from pipeline.models.modelfile import default_preprocessing
+from pipeline.models.backbones import build_backbone
+from stages.train import LiveTeacher, Step
+from stages.train_config import TrainConfig
 
 
-def make_step(kind: str, student_arch: str, teacher, args, images, rows, device):
-    """A closure running one training step of `kind` on batch b; every kind owns fresh, identical networks."""
-    student = build_backbone(student_arch, small_input=not args.imagenet_stem, seed=0).to(device)
+def make_step(kind: str, student_arch: str, teacher, args, images, rows, device, calls: int):
+    """A closure running one training step of `kind` on batch b; every kind owns fresh, identical networks.
+    cached and live run the trainer's own step (stages.train.Step); the floors are this file's."""
+    cfg = TrainConfig(data=Path("."), out=Path("."), student=student_arch, method=args.method, bank_size=args.bank,
+                      amp=args.amp, input_size=args.size, batch_size=args.batch, small_input=not args.imagenet_stem,
+                      channels_last=True)  # the trainer's defaults otherwise; under autocast, queues in its dtype
+    student = build_backbone(student_arch, small_input=cfg.small_input, seed=0).to(device)
     pre = default_preprocessing(args.size)
-    hp = {**asdict(TrainConfig(data=Path("."), out=Path("."))), "bank_size": args.bank,
-          "amp": args.amp}  # the trainer's defaults; under autocast its queues are stored in the autocast dtype
     data = DataInfo(num_items=len(images), train_indices=torch.arange(len(images)).numpy(), num_classes=10)
     module = student if kind == "backbone_floor" else build_method(
-        args.method, student, teacher_dim=rows.shape[1], data=data, hp=hp, generator=torch.Generator().manual_seed(0))
+        args.method, student, teacher_dim=rows.shape[1], data=data, hp=asdict(cfg),
+        generator=torch.Generator().manual_seed(0))
     head = getattr(module, "head", None) if kind == "floor" else None  # compress-1q's Linear(Ds -> Dt)
     module.to(device).to(memory_format=torch.channels_last).train()
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+
+    def batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(b * args.batch, (b + 1) * args.batch) % len(images)
+        return idx, images[idx.to(device)]
+
+    if kind in ("cached", "live"):
+        live = (LiveTeacher.of(teacher, {"preprocessing": pre, "embed_dim": teacher.embed_dim}, device,
+                               channels_last=True) if kind == "live" else None)
+        trainer_step = Step(cfg, device, module, module, opt, scaler, np.full(calls, cfg.lr), (args.size, args.size),
+                            torch.zeros(len(images), dtype=torch.long, device=device),
+                            teacher_rows=rows if kind == "cached" else None, live=live)
+        return lambda b: trainer_step(b, *batch(b))
 
     def autocast():
         return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
-    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
-                          weight_decay=1e-4)
 
     def step(b: int) -> None:
-        idx = torch.arange(b * args.batch, (b + 1) * args.batch, device=device) % len(images)
+        idx, x_u8 = batch(b)
         crops = sample_crops(args.batch, torch.Generator().manual_seed(b), (args.size, args.size)).to(device)
-        x = render(images[idx], crops, args.size, pre["mean"], pre["std"]).contiguous(
-            memory_format=torch.channels_last)
+        x = render(x_u8, crops, args.size, pre["mean"], pre["std"]).contiguous(memory_format=torch.channels_last)
         if kind == "teacher":
             with torch.no_grad(), autocast():
                 F.normalize(teacher(x).float(), dim=1)
             return
         with autocast():
-            if kind in ("floor", "backbone_floor"):
-                z = student(x)
-                loss = (head(z) if head is not None else z).float().pow(2).mean()  # trivial loss
-            else:
-                if kind == "live":
-                    with torch.no_grad():
-                        t = F.normalize(teacher(x).float(), dim=1)
-                else:
-                    t = rows[idx].float()
-                loss, _ = module([x], t, None, idx)
+            z = student(x)
+            loss = (head(z) if head is not None else z).float().pow(2).mean()  # trivial loss
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        if kind in ("cached", "live"):
-            module.after_step()
     return step
 
 
@@ -129,7 +134,8 @@ def main() -> None:
     kinds = ["floor", "cached", "live", "teacher", "backbone_floor"]
     results = {}
     for arch in args.students.split(","):
-        steps = {k: make_step(k, arch, teacher, args, images, rows, device) for k in kinds}
+        calls = 2 + (args.rounds + args.extra_rounds) * args.steps
+        steps = {k: make_step(k, arch, teacher, args, images, rows, device, calls) for k in kinds}
         for k in kinds:  # warm-up: allocator, oneDNN / cuDNN kernels
             for w in range(2):
                 steps[k](w)

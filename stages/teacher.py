@@ -14,7 +14,8 @@ from pipeline.models.modelfile import save_model
 from pipeline.models.backbones import Backbone
 from pipeline.runtime.provenance import provenance
 from pipeline.models.teachers import load_teacher
-from stages.train import TrainConfig, train
+from stages.train import train
+from stages.train_config import TrainConfig
 
 
 @dataclass

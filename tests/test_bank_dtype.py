@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.methods import DataInfo, build_method
-from stages.train import TrainConfig
+from stages.train_config import TrainConfig
 from tests.tiny_student import TinyStudent
 
 

@@ -7,7 +7,8 @@ import torch
 
 import stages.train as train_stage
 from pipeline.runtime.errors import CompressError
-from stages.train import config_from_dict, train
+from stages.train import train
+from stages.train_config import config_from_dict
 from tests.train_fixtures import make_tiny
 
 

@@ -6,7 +6,8 @@ import torch
 import pipeline.evaluation.cluster_assignment as cluster_assignment
 import pipeline.methods.cc as cc_module
 from pipeline.methods import DataInfo, build_method
-from stages.train import config_from_dict, train
+from stages.train import train
+from stages.train_config import config_from_dict
 from tests.tiny_student import TinyStudent
 from tests.train_fixtures import make_tiny
 

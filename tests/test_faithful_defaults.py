@@ -15,7 +15,7 @@ from stages.cli import main
 from stages.cli.train import command as train_command
 from pipeline.methods.compress import CompRess
 from pipeline.models.backbones import build_backbone
-from stages.train import config_from_dict
+from stages.train_config import config_from_dict
 from tests.train_fixtures import TINY, make_tiny
 
 # every student architecture `train --help` names

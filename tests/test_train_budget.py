@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from stages.train import config_from_dict, train
+from stages.train import train
+
+from stages.train_config import config_from_dict
 from tests.train_fixtures import make_tiny
 
 

@@ -6,7 +6,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from pipeline.runtime.code_digest import code_digest
-from stages.train import TrainConfig, changed_settings
+from stages.run_folder import changed_settings
+from stages.train_config import TrainConfig
 
 
 def _saved(cfg: TrainConfig) -> dict:

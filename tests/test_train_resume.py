@@ -14,7 +14,8 @@ import torch
 
 import pipeline.methods.compress as compress_module
 from pipeline.runtime.errors import CompressError
-from stages.train import config_from_dict, train
+from stages.train import train
+from stages.train_config import config_from_dict
 from tests.train_fixtures import make_tiny
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,8 @@ import torch
 
 from pipeline.models.modelfile import load_model
 from stages.prepare import PrepareConfig, prepare
-from stages.train import config_from_dict, train
+from stages.train import train
+from stages.train_config import config_from_dict
 
 
 def test_snapshots_are_the_models_of_those_epochs_and_change_nothing(tmp_path):

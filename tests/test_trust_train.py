@@ -19,7 +19,8 @@ from pipeline.models.backbones import build_backbone
 from pipeline.runtime.run_identity import run_identity
 from stages.extract import ExtractConfig, extract
 from stages.prepare import PrepareConfig, prepare
-from stages.train import config_from_dict, train
+from stages.train import train
+from stages.train_config import config_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_paths_are_not_settings_but_what_they_hold_is():
     from pathlib import Path
 
     from pipeline.runtime.code_digest import code_digest
-    from stages.train import TrainConfig, changed_settings
+    from stages.run_folder import changed_settings
+    from stages.train_config import TrainConfig
     run = TrainConfig(data=Path("data"), out=Path("runs/a"), cache=Path("t.zarr"))
     saved = {**json.loads(json.dumps(asdict(run), default=str)), "code": code_digest()}
     moved = replace(run, data=Path("/abs/data"), out=Path("/abs/runs/a"), cache=Path("../t.zarr"),

@@ -4,7 +4,7 @@ import click
 
 from stages.teacher import TeacherConfig, make_teacher
 from pipeline.data.augment import RECIPES
-from stages.train import config_from_dict
+from stages.train_config import config_from_dict
 
 
 @click.command("teacher")

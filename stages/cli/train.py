@@ -1,7 +1,8 @@
 import click
 
 from stages.cli.options import config_options
-from stages.train import PRESETS, TrainConfig, config_from_dict, train
+from stages.train import train
+from stages.train_config import PRESETS, TrainConfig, config_from_dict
 
 
 @click.command("train")
