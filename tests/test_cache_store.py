@@ -1,9 +1,6 @@
 """The cache package on its own: layout, identity, checksums, loading, verify, lock (no teacher involved)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +14,8 @@ from cache.lock import StoreLock
 from cache.store import open_or_create
 from cache.verify import info, verify_store
 from cache.writer import CacheWriter
+from tests.lock_holder import lock_held_by_another_process
 
-REPO = Path(__file__).resolve().parent.parent
 TEACHER = {"arch": "resnet18", "weights_sha256": "a" * 64, "preprocessing": {"mean": [0.5], "input_size": 8}}
 
 
@@ -157,17 +154,9 @@ def test_rank_shards_partition_whole_shards():
 
 def test_second_writer_is_refused_while_a_process_holds_the_lock(tmp_path):
     path = tmp_path / "c.zarr"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; from cache.lock import StoreLock; "
-         f"l = StoreLock({str(path)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(path) as holder:
         with pytest.raises(CacheError, match=rf"being written by pid {holder.pid}"):
             StoreLock(path).acquire()
-    finally:
-        holder.kill()
-        holder.wait()
     with StoreLock(path):  # the kernel dropped the killed holder's lock
         pass
     assert not StoreLock(path).path.exists()

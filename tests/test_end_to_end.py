@@ -3,18 +3,10 @@ two students from one cache -> eval -> report; then the bad inputs a user is mos
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from stages.cli import main
+from tests.train_fixtures import run
 
 TINY = ["--input-size", "8", "--batch-size", "32", "--bank-size", "64", "--seed", "0", "--no-hflip"]
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

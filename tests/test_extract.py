@@ -1,9 +1,6 @@
 """Stage `extract` in process, on a tiny random image store and a tiny teacher (seconds)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +17,8 @@ from pipeline.models.modelfile import default_preprocessing, save_model
 from pipeline.models.backbones import build_backbone
 from pipeline.models.teachers import load_teacher
 from stages.extract import ExtractConfig, extract
+from tests.lock_holder import lock_held_by_another_process
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny(tmp: Path, n: int = 40, seed: int = 0) -> tuple[Path, Path]:
@@ -79,17 +76,9 @@ def test_multi_view_stores_crops_and_view0_is_the_centre(tmp_path):
 
 def test_extract_refused_while_another_process_writes(tmp_path):
     data, weights = tiny(tmp_path, n=16)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from cache.lock import StoreLock; "
-         f"StoreLock({str(tmp_path / 'c.zarr')!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(tmp_path / "c.zarr"):
         with pytest.raises(CacheError, match="is being written by pid"):
             extract(cfg(tmp_path, data, weights))
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_cli_extract_info_verify(tmp_path):

@@ -5,33 +5,23 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from stages.cli import main
 from pipeline.runtime.errors import CompressError
 from pipeline.models.backbones import build_backbone
 from stages.prepare import PrepareConfig, prepare
+from tests.train_fixtures import kill_at_first_checkpoint, run
 from tests.vit_reference import official_shapes, random_weights
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # bitwise equality needs one thread
 STUDENT = "timm:mobilenetv3_small_100"
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +80,7 @@ def test_timm_student_trains_from_a_vit_cache_resumes_after_sigkill_and_exports(
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(tiny, reference), env=ENV, check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model.pt").exists(), "the kill must land mid-run"
+    kill_at_first_checkpoint(_train_cmd(tiny, killed), killed, ENV)
     subprocess.run(_train_cmd(tiny, killed), env=ENV, check=True, capture_output=True)
     assert '"event": "resume"' in (killed / "log.jsonl").read_text()
     a = torch.load(reference / "model.pt", weights_only=True)

@@ -3,10 +3,8 @@ uninterrupted run; a non-finite loss stops the run and leaves the last good chec
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pipeline.methods.compress as compress_module
 from pipeline.runtime.errors import CompressError
 from stages.train import train
 from stages.train_config import config_from_dict
-from tests.train_fixtures import make_tiny
+from tests.train_fixtures import kill_at_first_checkpoint, make_tiny
 
 REPO = Path(__file__).resolve().parent.parent
 # One thread: bitwise equality must not depend on how reductions are split across threads.
@@ -57,15 +55,7 @@ def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(tiny, tmp
     reference = tmp_path / "reference"
     subprocess.run(command(tiny, reference), env=ENV, check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(tiny, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model.pt").exists(), "the kill must land mid-run"
+    kill_at_first_checkpoint(command(tiny, killed), killed, ENV)
     step_at_kill = _objects(killed / "checkpoint.pt")["step"]
     assert 0 < step_at_kill < 10
     subprocess.run(command(tiny, killed), env=ENV, check=True, capture_output=True)
