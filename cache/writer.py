@@ -161,6 +161,3 @@ class CacheWriter:
 
     def _names(self) -> list[str]:
         return ["embeddings"] + (["crops"] if self.crops is not None else [])
-
-    def shards_done(self) -> int:
-        return sum(1 for _ in self.progress.glob("shard-*.json")) if self.progress.exists() else 0

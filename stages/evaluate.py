@@ -12,7 +12,6 @@ agreement `agree10` / `agree1` (pipeline/evaluation/agreement.py) and the refere
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from pipeline.models.modelfile import default_preprocessing, load_model
 from pipeline.models.backbones import build_backbone, check_input_size
 from pipeline.evaluation.scoring import evaluate_features
 from pipeline.runtime.provenance import provenance, sha256_file
+from pipeline.runtime.atomic import write_atomic, write_text
 
 METRICS = ("nn", "knn20", "linear", "ca")
 PROBES = ("cached", "augmented")  # the fast probe on the features; the paper's, on augmented views
@@ -87,10 +87,8 @@ def _keyed_features(path: Path, key: dict, compute) -> np.ndarray:
         return np.load(path).astype(np.float32)
     z = compute().numpy().astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".tmp"), "wb") as f:
-        np.save(f, z)
-    os.replace(path.with_name(path.name + ".tmp"), path)
-    key_path.write_text(json.dumps(key, indent=1) + "\n")
+    write_atomic(path, lambda f: np.save(f, z))
+    write_text(key_path, json.dumps(key, indent=1) + "\n")
     return z.astype(np.float32)
 
 
@@ -195,9 +193,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.figures is not None:
         metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], val, train, ref)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    os.replace(tmp, cfg.out)
+    write_text(cfg.out, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pipeline.runtime.errors import CompressError
 from pipeline.models.modelfile import load_model
 from pipeline.models.backbones import Backbone, build_backbone
 from pipeline.runtime.provenance import provenance, sha256_file
+from pipeline.runtime.atomic import write_text
 
 EXPORT_FORMATS = ("state-dict", "torchscript", "onnx")
 _SUFFIX = {"state-dict": ".pth", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -131,7 +131,5 @@ def export(cfg: ExportConfig) -> dict:
         "method": meta.get("method"), "data_fingerprint": meta.get("data_fingerprint"),
         "check": check, "provenance": provenance({"run_dir": cfg.run_dir, "format": cfg.format, "out": out}),
     }
-    tmp = out.with_name(out.name + ".json.tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, default=str))
-    os.replace(tmp, out.with_name(out.name + ".json"))
+    write_text(out.with_name(out.name + ".json"), json.dumps(sidecar, indent=2, default=str))
     return sidecar

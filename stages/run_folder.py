@@ -63,8 +63,9 @@ def check_config(cfg: TrainConfig, out: Path, identity: dict) -> str | None:
         # identity: a config.json older than it counts as the same; its checkpoint then refuses (no identity)
         changed = changed_settings(saved, cfg) + (["identity"] if saved.get("identity", identity) != identity
                                                   else [])
-        if cfg.restart == "always" or (changed and cfg.restart == "if-changed"):
-            clear_run(out)
+        first_checkpoint_written = (out / "checkpoint.pt").exists()
+        if cfg.restart == "always" or (changed and (cfg.restart == "if-changed" or not first_checkpoint_written)):
+            clear_run(out)  # nothing trained is lost when no checkpoint was ever written
         elif changed:
             diffs = ", ".join(f"{k}: {saved.get(k, '(default)')!r} -> {current[k]!r}" for k in changed[:4]
                               if k != "identity")

@@ -37,15 +37,11 @@ from pipeline.runtime.provenance import provenance
 from pipeline.runtime.run_identity import run_identity
 from pipeline.runtime.run_log import RunLog
 from pipeline.runtime.schedules import lr_schedule
+from pipeline.runtime.seeding import counter_generator
 from stages.run_folder import check_config, lock_run, write_config
 from stages.train_config import TrainConfig, check_settings
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """Augmentation randomness is a function of (seed, step): nothing to save, identical after resume."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -145,7 +141,7 @@ class Step:
             group["lr"] = float(self.lrs[i])
         idx_dev = idx.to(self.device)
         images = images.to(self.device, non_blocking=True)
-        t, drawn = self._views(_step_generator(cfg.seed, i), idx, idx_dev)
+        t, drawn = self._views(counter_generator(cfg.seed, i), idx, idx_dev)  # augmentations: f(seed, step)
         views = [self._channels(render(images, c, cfg.input_size, pre["mean"], pre["std"], color=k))
                  for c, k in drawn]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -153,7 +149,8 @@ class Step:
             if self.live is not None:  # the same crop, with the teacher's own normalisation
                 t = self.live(self._channels(render(images, drawn[0][0], cfg.input_size, self.live.mean,
                                                     self.live.std, color=drawn[0][1])))
-            loss, logs = self.model(views, t, self.labels[idx_dev], idx_dev)
+            y = self.labels[idx_dev] if self.method.needs_labels else None
+            loss, logs = self.model(views, t, y, idx_dev)
         if _any_rank(not bool(torch.isfinite(loss.detach())), self.device):
             kept = (f"the last good checkpoint {self.checkpoint_path} is intact"
                     if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written")

@@ -123,3 +123,23 @@ def test_the_recipe_is_applied_by_training_and_recorded(tiny, tmp_path, monkeypa
         assert calls and sum(calls) == 2 * 2 * 32  # two steps, two views of 32 images each
     else:
         assert saved["crop_scale_min"] == 0.08 and saved["augmentation"]["color"] is None and not calls
+
+
+def test_a_failed_start_then_the_corrected_command_trains(tiny, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny / "data"), "--cache", str(tiny / "t1.zarr"), "--out", str(out), "--steps", "1",
+            *TINY]
+    assert CliRunner().invoke(main, args + ["--batch-size", "0"]).exit_code == 2
+    assert CliRunner().invoke(main, args).exit_code == 0 and (out / "model.pt").exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_other_settings(tiny, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny / "data"), "--cache", str(tiny / "t1.zarr"), "--out", str(out), "--steps", "1",
+            *TINY]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (out / "checkpoint.pt").unlink()  # as if killed before the first checkpoint: only config.json pins the folder
+    (out / "model.pt").unlink()
+    result = CliRunner().invoke(main, args + ["--tau", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["tau"] == 0.1

@@ -5,7 +5,7 @@ import torch
 
 from pipeline.evaluation import linear_probe
 from pipeline.runtime.errors import CompressError
-from pipeline.evaluation.linear_probe import (ProbeConfig, ProbeHead, check_frozen, fit_head, lr_schedule, predictor,
+from pipeline.evaluation.linear_probe import (ProbeConfig, ProbeHead, check_frozen, fit_head, probe_schedule, predictor,
                                    snapshot, standardiser, train_probe)
 
 
@@ -36,11 +36,11 @@ def test_chance_on_random_labels_and_seeded():
 
 
 def test_schedule_scales_the_paper_milestones():
-    lr = lr_schedule(ProbeConfig(), iters_per_epoch=3)  # paper: 40 epochs, drops at 15 and 30
+    lr = probe_schedule(ProbeConfig(), iters_per_epoch=3)  # paper: 40 epochs, drops at 15 and 30
     assert len(lr) == 120
     assert lr[15 * 3 - 1] == pytest.approx(0.01) and lr[15 * 3] == pytest.approx(0.001)
     assert lr[30 * 3] == pytest.approx(0.0001) and lr[-1] == pytest.approx(0.0001)
-    short = lr_schedule(ProbeConfig(epochs=8), iters_per_epoch=1)
+    short = probe_schedule(ProbeConfig(epochs=8), iters_per_epoch=1)
     assert list(np.round(short / 0.01, 6)) == [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.data.imagestore import ImageStore, write_image_store
-from pipeline.data.loader import BatchLoader, eval_shard
+from pipeline.data.loader import BatchLoader
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,3 @@ def test_resume_from_a_batch(store):
     full = [i for i, _ in loader.epoch(0)]
     rest = [i for i, _ in loader.epoch(0, start_batch=3)]
     assert all(torch.equal(a, b) for a, b in zip(full[3:], rest))
-
-
-def test_eval_shards_cover_every_item_once_without_padding():
-    idx = np.arange(10)
-    shards = [eval_shard(idx, r, 4) for r in range(4)]
-    assert [len(s) for s in shards] == [3, 3, 2, 2]
-    assert np.array_equal(np.concatenate(shards), idx)
-    with pytest.raises(ValueError):
-        eval_shard(idx, 4, 4)

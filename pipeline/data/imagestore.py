@@ -307,9 +307,3 @@ class ImageStore:
         if problems:
             raise self._damaged("; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)"
                                                           if len(problems) > 3 else ""))
-
-    def check_fingerprint(self, expected: str, what: str) -> None:
-        """Refuse an artifact that was made from other data."""
-        if expected != self.fingerprint:
-            raise CompressError(f"{what} was built from other data (fingerprint {expected[:12]}), "
-                                f"but {self.root} has {self.fingerprint[:12]}; rebuild it from this data")

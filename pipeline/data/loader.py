@@ -127,14 +127,3 @@ class _PageCache:
             del self.pages[q]
         return torch.from_numpy(out)
 
-
-def eval_shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """Rank r's contiguous share of `indices` for distributed evaluation: no padding, no duplicates.
-
-    Shares differ in size by at most one, so every item is scored exactly once (torch's DistributedSampler
-    pads with repeats and biases the metric). Gather the variable-length results and concatenate in rank
-    order to get `indices` back in order.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    return np.array_split(np.asarray(indices, dtype=np.int64), world_size)[rank]

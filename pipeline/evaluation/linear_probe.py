@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.runtime.errors import CompressError
+from pipeline.runtime.schedules import lr_schedule
 
 PROTOCOL = "cached-features: frozen evaluation-view features, l2-normalise, fixed standardisation, Linear"
 REPORTED = "last epoch (the head after the final epoch; no selection on val)"
@@ -71,11 +72,11 @@ class ProbeHead(torch.nn.Module):
         return self.linear(head_inputs(x, self.mean, self.std))
 
 
-def lr_schedule(cfg: ProbeConfig, iters_per_epoch: int) -> np.ndarray:
-    """Learning rate of every iteration: step decay at the milestone epochs."""
-    epoch = np.arange(cfg.epochs * iters_per_epoch) / iters_per_epoch
-    drops = sum(((epoch >= round(m * cfg.epochs)).astype(int) for m in cfg.milestones), np.zeros(len(epoch), int))
-    return cfg.lr * cfg.gamma ** drops
+def probe_schedule(cfg: ProbeConfig, iters_per_epoch: int) -> np.ndarray:
+    """Learning rate of every iteration: step decay at the milestones (fractions of the epochs, e.g. 15 and 30
+    of 40), the trainer's own per-iteration schedule."""
+    milestones = tuple(round(m * cfg.epochs) for m in cfg.milestones)
+    return lr_schedule(cfg.lr, cfg.epochs, iters_per_epoch, "step", milestones, cfg.gamma)
 
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (head input, labels) batches
@@ -85,7 +86,7 @@ def fit_head(head: ProbeHead, batches: Batches, iters_per_epoch: int, cfg: Probe
     """SGD over `cfg.epochs` epochs of `batches(epoch)` on the per-iteration schedule; (steps, last loss)."""
     opt = torch.optim.SGD(head.linear.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    schedule = lr_schedule(cfg, iters_per_epoch)
+    schedule = probe_schedule(cfg, iters_per_epoch)
     step, loss = 0, torch.tensor(float("nan"))
     for epoch in range(cfg.epochs):
         for x, y in batches(epoch):

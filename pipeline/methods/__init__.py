@@ -11,7 +11,7 @@ import pkgutil
 from torch import nn
 
 from pipeline.runtime.errors import CompressError
-from pipeline.methods.base import QUEUE_DTYPES, REGISTRY, BuildContext, DataInfo, Method  # noqa: F401
+from pipeline.methods.base import REGISTRY, BuildContext, DataInfo, Method  # noqa: F401  (the package's API)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -23,6 +23,7 @@ from torch import nn
 from pipeline.runtime import distributed
 from pipeline.methods.losses import crd_loss
 from pipeline.methods.base import BuildContext, Method, register
+from pipeline.runtime.seeding import counter_generator
 
 
 @register
@@ -52,7 +53,7 @@ class CRD(Method):
         self._pending = None
 
     def _negatives(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws))
+        g = counter_generator(self.seed, int(self.draws))
         pick = torch.randint(len(self.train_indices), (self.K,), generator=g)
         return self.train_indices[pick.to(self.train_indices.device)]
 

@@ -51,18 +51,6 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def rank() -> int:
-    return dist.get_rank() if active() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if active() else 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
 def barrier() -> None:
     if active():
         if dist.get_backend() == "nccl":
@@ -91,7 +79,7 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
         return x.detach()
     x = x.detach().contiguous()
     n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
     padded = x.new_zeros((max(sizes),) + x.shape[1:])
