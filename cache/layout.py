@@ -51,6 +51,7 @@ class CacheSpec:
     shard_rows: int = 0  # 0: auto_shard_rows
     chunk_rows: int = 0  # 0: min(1024, shard_rows) when it divides shard_rows, else shard_rows
     view_params: dict = field(default_factory=dict)  # seed, scale, ratio, flip of views 1..V-1
+    amp: str = "none"  # the teacher's forward under autocast: none, bf16 or fp16 (rows differ slightly)
     code: str = ""  # digest of the code that computes the rows (pipeline/runtime/code_digest.py), set by `extract`
 
     def __post_init__(self):

@@ -24,7 +24,7 @@ from cache.writer import CacheWriter
 from pipeline.runtime import distributed
 from pipeline.data.augment import center_crops, sample_crops
 from pipeline.runtime.code_digest import code_digest
-from pipeline.runtime.device import pick_device
+from pipeline.runtime.device import AMP_DTYPES, pick_amp, pick_device
 from pipeline.evaluation.embed import embed_blocks
 from pipeline.runtime.errors import CompressError
 from pipeline.data.imagestore import ImageStore
@@ -53,6 +53,7 @@ class ExtractConfig:
     chunk_rows: int = 0  # 0: min(1024, shard_rows)
     device: str = "auto"
     overwrite: bool = False
+    amp: str = "auto"  # autocast of the teacher's forward: auto = bf16 on a GPU, none on the CPU; none | bf16 | fp16
     rebuild_if_changed: bool = False  # a store made for another request or by other code is rebuilt, not refused
     progress: bool = True
 
@@ -95,7 +96,8 @@ def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, 
         parts = []
         source = ReadAhead(store, hi, reader)
         view = None if v == 0 else crops[:, v]  # view 0: the evaluation view (pipeline.data.eval_view), as `eval`
-        for _, z in embed_blocks(teacher, source, prep, lo, hi, batch_size, device, crops=view):
+        for _, z in embed_blocks(teacher, source, prep, lo, hi, batch_size, device, crops=view,
+                                 amp_dtype=AMP_DTYPES[spec.amp]):
             parts.append(z)
             if bar is not None:
                 bar.update(len(z) / spec.views)
@@ -106,14 +108,15 @@ def _embed_shard(teacher, store, spec, prep, lo, hi, crops, batch_size, device, 
     return z.to(getattr(torch, spec.dtype)).numpy()
 
 
-def _request(cfg: ExtractConfig, store: ImageStore, identity: dict) -> CacheSpec:
+def _request(cfg: ExtractConfig, store: ImageStore, identity: dict, device: torch.device) -> CacheSpec:
+    amp = pick_amp(cfg.amp, device)
     view_params = {}
     if cfg.views > 1:
         view_params = {"seed": cfg.view_seed, "scale": list(cfg.view_scale), "ratio": list(cfg.view_ratio),
                        "flip": cfg.view_flip}
     return CacheSpec(n=store.n, dim=identity["embed_dim"], data_fingerprint=store.fingerprint, teacher=identity,
                      dtype=cfg.dtype, views=cfg.views, shard_rows=cfg.shard_rows, chunk_rows=cfg.chunk_rows,
-                     view_params=view_params, code=code_digest())
+                     view_params=view_params, amp=amp, code=code_digest())
 
 
 def _open(cfg: ExtractConfig, spec: CacheSpec, world) -> tuple[StoreLock | None, bool]:
@@ -166,7 +169,7 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
     teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding, cfg.input_size)
     teacher = teacher.to(device)
     check_input_size(teacher, identity["preprocessing"]["input_size"], f"teacher {identity['arch']}")
-    spec = _request(cfg, store, identity)
+    spec = _request(cfg, store, identity, device)
     prep = identity["preprocessing"]
     lock, complete, repaired = _open(cfg, spec, world)
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ from pipeline.models.backbones import build_backbone, check_input_size
 from pipeline.models.modelfile import default_preprocessing, save_model
 from pipeline.runtime import distributed
 from pipeline.runtime.checkpoint import restore_checkpoint, save_checkpoint
-from pipeline.runtime.device import pick_device
+from pipeline.runtime.device import AMP_DTYPES, pick_device
 from pipeline.runtime.errors import CompressError
 from pipeline.runtime.provenance import provenance
 from pipeline.runtime.run_identity import run_identity
@@ -40,9 +40,6 @@ from pipeline.runtime.schedules import lr_schedule
 from pipeline.runtime.seeding import counter_generator
 from stages.run_folder import check_config, lock_run, write_config
 from stages.train_config import TrainConfig, check_settings
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on any rank: all processes stop together, none waits forever."""

@@ -15,8 +15,9 @@ from pipeline.data.imagestore import ImageStore
 @torch.no_grad()
 def embed_blocks(backbone: torch.nn.Module, store: ImageStore, preprocessing: dict, start: int, stop: int,
                  batch_size: int, device: torch.device, crops: torch.Tensor | None = None,
-                 autocast: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (row, l2-normalised float32 embeddings on the CPU) for rows [start, stop), in order.
+                 amp_dtype: torch.dtype | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (row, l2-normalised float32 embeddings on the CPU) for rows [start, stop), in order; the forward runs
+    under autocast to `amp_dtype` when one is given (bf16 / fp16 on a GPU).
 
     Without `crops` every image goes through `eval_view` (resize the short side, centre crop); `crops`
     (stop - start, 5) renders those crops instead (the augmented views 1.. of a multi-view cache).
@@ -30,7 +31,7 @@ def embed_blocks(backbone: torch.nn.Module, store: ImageStore, preprocessing: di
         else:
             x = render(images, crops[lo - start:hi - start], preprocessing["input_size"], preprocessing["mean"],
                        preprocessing["std"])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             z = backbone(x)
         yield lo, F.normalize(z.float(), dim=1).cpu()
 

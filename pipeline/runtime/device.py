@@ -19,3 +19,16 @@ def pick_device(name: str = "auto") -> torch.device:
     elif name != "cpu":
         raise CompressError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return torch.device(name)
+
+
+# --amp name -> autocast dtype (None: full precision)
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_amp(name: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a GPU (its tensor cores), none on the CPU (bf16 autocast is slower there); else `name`."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "none"
+    if name not in AMP_DTYPES:
+        raise CompressError(f"unknown --amp {name!r}; use auto, none, bf16 or fp16")
+    return name

@@ -36,12 +36,15 @@ from stages.extract import ExtractConfig, extract
               help="Rows per shard (the unit of writing and resuming); 0 picks ~32 MiB shards.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Rebuild a store made for another request instead of refusing.")
+@click.option("--amp", type=click.Choice(["auto", "none", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast of the teacher's forward: auto is bf16 on a GPU and none on the CPU (recorded in the "
+                   "cache; rows differ from full precision by about the fp16 storage error).")
 @click.option("--rebuild-if-changed", is_flag=True,
               help="Rebuild the store when it was made for another request or by other code; resume or reuse it "
                    "otherwise (what dvc.yaml passes).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def command(data, teacher, weights, weights_format, embedding, input_size, out, dtype, views, view_seed, batch_size,
-            shard_rows, device, overwrite, rebuild_if_changed, no_progress):
+            shard_rows, device, overwrite, amp, rebuild_if_changed, no_progress):
     """Run the frozen teacher once and cache its l2-normalised embeddings in a sharded Zarr store.
 
     Re-running the same command resumes an interrupted run (verified shards are kept) or does nothing when
@@ -55,7 +58,7 @@ def command(data, teacher, weights, weights_format, embedding, input_size, out, 
     cfg = ExtractConfig(data=data, weights=weights, out=out, teacher=teacher, weights_format=weights_format,
                         embedding=embedding, input_size=input_size, dtype=dtype, views=views, view_seed=view_seed,
                         batch_size=batch_size, shard_rows=shard_rows, device=device, overwrite=overwrite,
-                        rebuild_if_changed=rebuild_if_changed, progress=not no_progress)
+                        amp=amp, rebuild_if_changed=rebuild_if_changed, progress=not no_progress)
     result = extract(cfg)  # a CacheError becomes a one-line error in the command group
     a = result["attributes"]
     if env_world().is_main:
