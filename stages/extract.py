@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,32 +30,47 @@ from pipeline.runtime.errors import CompressError
 from pipeline.data.imagestore import ImageStore
 from pipeline.models.backbones import check_input_size
 from pipeline.runtime.provenance import provenance
-from pipeline.models.teachers import load_teacher
+from pipeline.models.checkpoint_formats import FORMATS
+from pipeline.models.teachers import EMBEDDINGS, load_teacher
+from pipeline.runtime.settings import setting
 
 
 @dataclass
 class ExtractConfig:
-    data: Path
-    weights: Path
-    out: Path
-    teacher: str | None = None  # architecture; None takes it from the weights file
-    weights_format: str = "auto"
-    embedding: str = "backbone"
-    input_size: int | None = None  # None: the teacher's own (224 for official formats); a ViT needs a patch multiple
-    dtype: str = "float16"  # halves the store; a unit row's self-dot moves < 1e-3 (benchmarks/fp16_cosine.py)
-    views: int = 1  # >1: view 0 is the centre crop, views 1.. are RandomResizedCrop + flip, stored in `crops`
-    view_seed: int = 0
-    view_scale: tuple[float, float] = (0.2, 1.0)
-    view_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    view_flip: bool = True
-    batch_size: int = 256
-    shard_rows: int = 0  # 0: ~32 MiB per shard
-    chunk_rows: int = 0  # 0: min(1024, shard_rows)
-    device: str = "auto"
-    overwrite: bool = False
-    amp: str = "auto"  # autocast of the teacher's forward: auto = bf16 on a GPU, none on the CPU; none | bf16 | fp16
-    rebuild_if_changed: bool = False  # a store made for another request or by other code is rebuilt, not refused
-    progress: bool = True
+    """Every setting of `extract`, with its default, help and range (pipeline/runtime/settings.py); the CLI's options
+    are generated from these fields."""
+    data: Path = setting(MISSING, "Image store from `prepare`.")
+    weights: Path = setting(MISSING, "Teacher checkpoint file.")
+    out: Path = setting(MISSING, "Zarr store to write, e.g. runs/teacher.zarr.")
+    teacher: str | None = setting(None, "Teacher architecture, e.g. resnet50, dinov2_vits14, timm:NAME (timm models "
+                                        "need it).", shown="read from --weights")
+    weights_format: str = setting("auto", "Checkpoint format; auto detects it from the keys (and an export's sidecar "
+                                          "FILE.json).", choices=FORMATS)
+    embedding: str = setting("backbone", "backbone: the pooled feature (ViTs: CLS after the final norm); head: the "
+                                         "checkpoint's projection head; cls+avgpool: ViTs only, CLS and the mean "
+                                         "patch token (DINOv2's linear-probe feature).", choices=EMBEDDINGS)
+    input_size: int | None = setting(None, "Input side in px; a ViT's must be a multiple of its patch. Recorded in "
+                                           "the cache.", shown="the teacher's own (official formats: 224)", low=8)
+    dtype: str = setting("float16", "float16 halves disk and RAM; a unit row's self-dot and any dot product move by "
+                                    "less than 1e-3 (measured: up to 5.4e-4 at 64-d, 9e-5 at 2048-d; "
+                                    "benchmarks/fp16_cosine.py).", choices=("float16", "float32"))
+    views: int = setting(1, "Views per image. >1 adds RandomResizedCrop+flip views (view 0 = the evaluation view) "
+                            "and stores their crops.", low=1)
+    view_seed: int = setting(0, "Seed of the augmented views.", low=0)
+    view_scale: tuple[float, float] = setting((0.2, 1.0), "Crop scale of the augmented views.", cli=False)
+    view_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), "Crop aspect ratio of the augmented views.", cli=False)
+    view_flip: bool = setting(True, "Random flips in the augmented views.", cli=False)
+    batch_size: int = setting(256, "Images per forward pass.", low=1)
+    shard_rows: int = setting(0, "Rows per shard (the unit of writing and resuming); 0 picks ~32 MiB shards.", low=0)
+    chunk_rows: int = setting(0, "Rows per chunk; 0: min(1024, shard rows).", low=0, cli=False)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    overwrite: bool = setting(False, "Rebuild a store made for another request instead of refusing.")
+    amp: str = setting("auto", "Autocast of the teacher's forward: auto is bf16 on a GPU and none on the CPU "
+                               "(recorded in the cache; rows differ from full precision by about the fp16 storage "
+                               "error).", choices=("auto", "none", "bf16", "fp16"))
+    rebuild_if_changed: bool = setting(False, "Rebuild the store when it was made for another request or by other "
+                                              "code; resume or reuse it otherwise (what dvc.yaml passes).")
+    progress: bool = setting(True, "A progress bar (--no-progress for logs, CI).")
 
 
 def view_crops(spec: CacheSpec, k: int, lo: int, hi: int, image_hw: tuple[int, int], crop_fraction: float):

@@ -105,3 +105,8 @@ def config_options(config_cls):
             fn = opt(fn)
         return fn
     return decorate
+
+
+def config_from_options(config_cls, options: dict):
+    """The config of the options given: an option left out (None) keeps the dataclass default."""
+    return config_cls(**{k: v for k, v in options.items() if v is not None})
