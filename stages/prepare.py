@@ -2,9 +2,15 @@
 
 Readers live in pipeline/data/sources (one module per kind of source). This stage resizes, deals with undecodable
 items (a report, then fail, or skip and record in the manifest) and writes the store.
+
+It streams: the listing is cut to `--limit`, then decoded one window at a time (workers x window images in
+memory, whatever N) into a spool file beside the store, each window fsynced and recorded before the next; a
+killed run resumes from its last complete window. The store is then written from the spool, block checksums
+and fingerprint computed from the same reads, and the spool removed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -13,10 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.runtime.atomic import make_dir, write_text
+from cache.lock import StoreLock
+from pipeline.runtime.atomic import make_dir, remove_temporaries, write_text
 from pipeline.runtime.errors import CompressError
 from pipeline.data.imagestore import write_image_store
-from pipeline.data.sources import READERS, load
+from pipeline.data.sources import READERS, Plan, plan
+from pipeline.runtime.atomic import io_error
 
 DATASETS = tuple(READERS)
 REPORT = "prepare-report.json"  # written beside the store whenever some items could not be decoded
@@ -30,7 +38,8 @@ class PrepareConfig:
     size: int | None = None  # pre-resize: short side to this many pixels, then centre crop; None keeps native
     skip_bad: bool = False  # leave undecodable images out (recorded in the manifest) instead of failing
     workers: int = min(4, os.cpu_count() or 1)  # decoding processes for file-based sources
-    limit: int | None = None  # keep only the first N items (smoke runs, tests); recorded in the manifest
+    limit: int | None = None  # keep only the first N items of the listing, before decoding; in the manifest
+    block: int | None = None  # images decoded per window (one resume point each); None: ~64 MiB of pixels
 
 
 def resize_square(images: np.ndarray, size: int, block: int = 4096) -> np.ndarray:
@@ -69,23 +78,148 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise CompressError(f"unknown dataset {cfg.dataset!r}; use one of {', '.join(DATASETS)}")
     if cfg.size is not None and cfg.size < 4:
         raise CompressError(f"--size {cfg.size} is too small; use at least 4 pixels")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise CompressError(f"--limit {cfg.limit} keeps no images; use a positive number or leave it out")
+    if cfg.block is not None and cfg.block < 1:
+        raise CompressError(f"--block {cfg.block} holds no images; use a positive number or leave it out")
     cfg.out = Path(cfg.out)
     if cfg.out.exists() and not cfg.out.is_dir():  # before the (long) decoding, not after it
         raise CompressError(f"--out {cfg.out} is a file, not a folder; choose another path or remove it")
-    data = load(cfg.dataset, cfg.source, cfg.size, cfg.workers)
-    if data.bad:
-        _report_bad(cfg, data.bad, len(data.ids) + len(data.bad))
+    src = plan(cfg.dataset, cfg.source, cfg.size, cfg.workers, cfg.limit)
+    try:
+        if not len(src.ids):
+            raise CompressError(f"{cfg.dataset}: no images to store from {src.source}")
+        make_dir(cfg.out, "image store folder")
+        with StoreLock(cfg.out):  # one writer per store folder, the spool included
+            remove_temporaries(cfg.out)
+            return _stream(cfg, src)
+    finally:
+        src.close()
+
+
+def _stream(cfg: PrepareConfig, src: Plan) -> dict:
+    """Decode window by window into the spool (resuming a killed run's), then write the store from it."""
+    shape = src.shape if cfg.size is None or src.resized else (cfg.size, cfg.size, src.shape[2])
+    window = cfg.block or max(64, min(4096, (64 << 20) // int(np.prod(shape))))
+    key = hashlib.sha256(json.dumps({"dataset": cfg.dataset, "source": src.source, "size": cfg.size,
+                                     "shape": list(shape), "ids": src.ids}).encode()).hexdigest()
+    spool = Spool(cfg.out, shape, key, len(src.ids))
+    bar = tqdm(total=len(src.ids), initial=spool.done, desc="decode", unit="img", disable=None)
+    while spool.done < len(src.ids):
+        lo = spool.done
+        items = src.read(lo, min(lo + window, len(src.ids)))
+        if cfg.size is not None and not src.resized:
+            items = _resize_items(items, cfg.size)
+        keep, bad = [], []
+        for k, (x, err) in enumerate(items, start=lo):
+            if err is not None:
+                bad.append({"id": src.ids[k], "path": src.paths[k] if src.paths else src.ids[k], "error": err})
+            elif x.shape != shape:  # only a header that lied: the shape was fixed from the headers
+                raise CompressError(f"{src.paths[k] if src.paths else src.ids[k]}: decoded as {x.shape}, the store "
+                                    f"holds {shape}; pass --size PX to resize each image to PX x PX")
+            else:
+                keep.append(k)
+        spool.append(np.stack([items[k - lo][0] for k in keep]) if keep else None, keep, bad, len(items))
+        bar.update(len(items))
+    bar.close()
+    rows, bad = np.array(spool.rows, dtype=np.int64), spool.bad
+    if bad:
+        _report_bad(cfg, bad, len(src.ids))  # raises without --skip-bad; the spool stays for the re-run
     elif (cfg.out / REPORT).exists():
         (cfg.out / REPORT).unlink()  # a stale report from an earlier run would mislead
-    if not len(data.images):
-        raise CompressError(f"{cfg.dataset}: no images left to store from {data.source}")
-    images, labels, split, ids = data.images, data.labels, data.split, data.ids
-    if cfg.limit is not None:
-        if cfg.limit < 1:
-            raise CompressError(f"--limit {cfg.limit} keeps no images; use a positive number or leave it out")
-        images, labels, split, ids = images[:cfg.limit], labels[:cfg.limit], split[:cfg.limit], ids[:cfg.limit]
-    if cfg.size is not None and not data.resized:
-        images = resize_square(images, cfg.size)
-    return write_image_store(cfg.out, images, labels, split, ids, dataset=cfg.dataset,
-                             classes=data.classes, source=data.source, arguments=asdict(cfg),
-                             skipped=data.bad)
+    if not len(rows):
+        raise CompressError(f"{cfg.dataset}: no images left to store from {src.source}")
+    m = write_image_store(cfg.out, spool.reader(), src.labels[rows], src.split[rows], [src.ids[k] for k in rows],
+                          dataset=cfg.dataset, classes=src.classes, source=src.source, arguments=asdict(cfg),
+                          skipped=bad, locked=True)
+    spool.remove()
+    return m
+
+
+def _resize_items(items: list, size: int) -> list:
+    """Bring decoded rows of one shape to size x size (an hdf5 source's window)."""
+    good = [x for x, err in items if err is None]
+    if not good:
+        return items
+    small = iter(resize_square(np.stack(good), size))
+    return [(next(small), None) if err is None else (None, err) for x, err in items]
+
+
+class Spool:
+    """The decoded rows of an unfinished `prepare`, beside the store: `prepare-spool.u8` (raw uint8 rows, its
+    full size reserved up front so a full disk fails at once) and `prepare-spool.json` (how many listed items
+    are done, which were undecodable, and the key of the request). Only a matching key is resumed."""
+
+    def __init__(self, out: Path, shape: tuple, key: str, n: int):
+        self.data, self.meta = out / "prepare-spool.u8", out / "prepare-spool.json"
+        self.shape, self.row = tuple(int(s) for s in shape), int(np.prod(shape))
+        self.key, self.done, self.bad, self.bad_rows = key, 0, [], []
+        try:
+            state = json.loads(self.meta.read_text()) if self.meta.is_file() and self.data.is_file() else {}
+        except (OSError, ValueError):
+            state = {}
+        if state.get("key") == key:
+            self.done, self.bad, self.bad_rows = state["done"], state["bad"], state["bad_rows"]
+        else:
+            self.remove()
+        try:
+            with open(self.data, "ab") as f:
+                os.posix_fallocate(f.fileno(), 0, max(1, n * self.row))  # ENOSPC now, before any decoding
+        except OSError as e:
+            if not self.done:
+                self.remove()
+            raise io_error(out / "images.h5", e) from None
+
+    @property
+    def kept(self) -> int:
+        return self.done - len(self.bad_rows)
+
+    @property
+    def rows(self) -> list[int]:
+        """The listing's index of every spooled row."""
+        bad = set(self.bad_rows)
+        return [k for k in range(self.done) if k not in bad]
+
+    def append(self, block, keep: list[int], bad: list[dict], count: int) -> None:
+        """Rows of one window, on disk before the record that says they are (a kill between: redone)."""
+        try:
+            if block is not None:
+                fd = os.open(self.data, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, np.ascontiguousarray(block).tobytes(), self.kept * self.row)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise io_error(self.data, e) from None
+        kept = set(keep)
+        self.bad_rows += [self.done + k for k in range(count) if self.done + k not in kept]
+        self.bad += bad
+        self.done += count
+        write_text(self.meta, json.dumps({"key": self.key, "done": self.done, "bad": self.bad,
+                                          "bad_rows": self.bad_rows}) + "\n")
+
+    def reader(self) -> "SpoolRows":
+        return SpoolRows(self.data, (self.kept,) + self.shape)
+
+    def remove(self) -> None:
+        self.meta.unlink(missing_ok=True)
+        self.data.unlink(missing_ok=True)
+
+
+class SpoolRows:
+    """The spooled rows as a read-only (N, H, W, C) uint8 'array': slicing reads them from the file."""
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: Path, shape: tuple):
+        self.path, self.shape, self.row = path, shape, int(np.prod(shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        lo, hi, _ = s.indices(self.shape[0])
+        with open(self.path, "rb") as f:
+            f.seek(lo * self.row)
+            buf = f.read(max(0, hi - lo) * self.row)
+        return np.frombuffer(buf, np.uint8).reshape((max(0, hi - lo),) + tuple(self.shape[1:]))

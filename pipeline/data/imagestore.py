@@ -81,19 +81,33 @@ def _seal(fingerprint_: str, integrity: dict) -> str:
     return hashlib.sha256(json.dumps({"fingerprint": fingerprint_, **fields}, sort_keys=True).encode()).hexdigest()
 
 
-def _size_bound(images: np.ndarray, ids: list[str], blocks: int) -> int:
+def _size_bound(images, ids: list[str], blocks: int) -> int:
     """Generous upper bound of the HDF5 file's size: the reservation made before writing it."""
     n = len(images)
-    return int(images.nbytes * 1.01) + 9 * n + sum(len(i.encode()) + 64 for i in ids) + 32 * blocks + (64 << 10)
+    return (int(n * int(np.prod(images.shape[1:])) * 1.01) + 9 * n + sum(len(i.encode()) + 64 for i in ids)
+            + 32 * blocks + (64 << 10))
 
 
-def _write_h5(tmp: Path, images, labels, split, ids, rows: int, digests: np.ndarray) -> None:
-    """The whole images.h5 at the temporary `tmp`; on any failure, one CompressError and no file left."""
+def _write_h5(tmp: Path, images, labels, split, ids, rows: int) -> tuple[np.ndarray, str]:
+    """The whole images.h5 at the temporary `tmp`, written group of blocks by group of blocks (memory bounded
+    by the group, whatever N); the block checksums and the fingerprint are computed from the same reads.
+    Returns (block digests, fingerprint); on any failure, one CompressError and no file left."""
+    n = len(images)
+    digests = np.empty((-(-n // rows), 32), dtype=np.uint8)
+    fp = hashlib.sha256("\n".join(ids).encode())  # the same bytes, in the same order, as fingerprint()
+    group = rows * max(1, (64 << 20) // max(1, rows * int(np.prod(images.shape[1:]))))  # ~64 MiB per read
     try:
         with open(tmp, "xb+") as raw:
             f = ReservedFile(raw, _size_bound(images, ids, len(digests)))
             with h5py.File(f, "w") as h5:
-                h5.create_dataset("images", data=images, chunks=(rows,) + images.shape[1:])
+                d = h5.create_dataset("images", shape=images.shape, dtype=np.uint8,
+                                      chunks=(rows,) + tuple(images.shape[1:]))
+                for lo in range(0, n, group):
+                    x = np.ascontiguousarray(images[lo:lo + group])
+                    d[lo:lo + len(x)] = x
+                    fp.update(x.tobytes())
+                    for b in range(0, len(x), rows):
+                        digests[(lo + b) // rows] = np.frombuffer(hashlib.sha256(x[b:b + rows]).digest(), np.uint8)
                 h5.create_dataset("labels", data=labels)
                 h5.create_dataset("split", data=split)
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
@@ -105,15 +119,21 @@ def _write_h5(tmp: Path, images, labels, split, ids, rows: int, digests: np.ndar
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fp.update(np.asarray(labels, dtype=np.int64).tobytes())
+    fp.update(np.asarray(split, dtype=np.uint8).tobytes())
+    return digests, fp.hexdigest()
 
 
-def write_image_store(out: str | Path, images: np.ndarray, labels, split, ids, *, dataset: str,
+def write_image_store(out: str | Path, images, labels, split, ids, *, dataset: str,
                       classes: list[str], source: str, arguments: dict | None = None,
-                      skipped: list[dict] | None = None) -> dict:
-    """Write a store atomically (temporary names, then rename; the manifest last) and return its manifest."""
+                      skipped: list[dict] | None = None, locked: bool = False) -> dict:
+    """Write a store atomically (temporary names, then rename; the manifest last) and return its manifest.
+
+    `images` is a uint8 (N, H, W, C) array or anything with `shape`, `dtype`, `len` and row slicing (prepare's
+    spool file), read ~64 MiB at a time. `locked`: the caller already holds the store folder's lock."""
     out = Path(out)
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
+    images = images if hasattr(images, "shape") and hasattr(images, "dtype") else np.asarray(images)
+    if images.dtype != np.uint8 or len(images.shape) != 4:
         raise CompressError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     labels = np.asarray(labels, dtype=np.int64)
     split = np.asarray(split, dtype=np.uint8)
@@ -125,6 +145,9 @@ def write_image_store(out: str | Path, images: np.ndarray, labels, split, ids, *
     if len(set(ids)) != n:
         raise CompressError(f"{dataset}: item ids are not unique; the row order could not be fingerprinted")
     make_dir(out, "image store folder")
+    if locked:
+        return _write(out, images, labels, split, ids, dataset=dataset, classes=classes, source=source,
+                      arguments=arguments, skipped=skipped)
     with StoreLock(out):  # one writer per store folder; a killed writer's temporaries are removed
         remove_temporaries(out)
         return _write(out, images, labels, split, ids, dataset=dataset, classes=classes, source=source,
@@ -133,17 +156,15 @@ def write_image_store(out: str | Path, images: np.ndarray, labels, split, ids, *
 
 def _write(out: Path, images, labels, split, ids, *, dataset, classes, source, arguments, skipped) -> dict:
     n = len(images)
-    rows = block_rows_for(images[0].nbytes, n)
-    digests = block_digests(images, rows)
+    rows = block_rows_for(int(np.prod(images.shape[1:])), n)
     tmp = temp_name(out / "images.h5")
-    _write_h5(tmp, images, labels, split, ids, rows, digests)
-    fp = fingerprint(ids, images, labels, split)
+    digests, fp = _write_h5(tmp, images, labels, split, ids, rows)
     integrity = {"block_rows": rows, "blocks_sha256": _sha(digests), "labels_sha256": _sha(labels),
                  "split_sha256": _sha(split), "ids_sha256": _ids_sha(ids)}
     integrity["seal"] = _seal(fp, integrity)
     manifest = {
         "format": FORMAT, "version": VERSION, "dataset": dataset, "n": n,
-        "shape": list(images.shape[1:]), "num_classes": len(classes), "classes": list(classes),
+        "shape": [int(s) for s in images.shape[1:]], "num_classes": len(classes), "classes": list(classes),
         "splits": {name: int((split == code).sum()) for name, code in SPLITS.items()},
         "source": source, "skipped": skipped or [],
         "fingerprint": fp, "integrity": integrity,

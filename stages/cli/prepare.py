@@ -21,8 +21,12 @@ from stages.prepare import DATASETS, REPORT, PrepareConfig, prepare
                    "of failing.")
 @click.option("--workers", type=click.IntRange(min=0), default=PrepareConfig.workers, show_default=True,
               help="Decoding processes for image files (one thread each); 0 decodes in this process.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Keep only the first N items (smoke runs).")
-def command(dataset, source, out, size, skip_bad, workers, limit):
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Keep only the first N items of the source's order, before decoding (smoke runs).")
+@click.option("--block", type=click.IntRange(min=1), default=None,
+              help="Images decoded per window, each a resume point for a killed run (default: ~64 MiB of "
+                   "pixels, 64-4096 images).")
+def command(dataset, source, out, size, skip_bad, workers, limit, block):
     """Pack a dataset into a uint8 image store with a fingerprinted manifest.
 
     \b
@@ -32,7 +36,7 @@ def command(dataset, source, out, size, skip_bad, workers, limit):
       compress-cache prepare --dataset imagefolder --source ~/imagenet --out data/in64 --size 72
     """
     m = prepare(PrepareConfig(dataset=dataset, out=out, source=source, size=size, skip_bad=skip_bad,
-                              workers=workers, limit=limit))
+                              workers=workers, limit=limit, block=block))
     click.echo(f"wrote {out}: {m['n']} images {tuple(m['shape'])}, {m['num_classes']} classes, "
                f"train {m['splits']['train']} / val {m['splits']['val']}, fingerprint {m['fingerprint'][:12]}")
     if m["skipped"]:

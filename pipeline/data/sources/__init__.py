@@ -3,12 +3,17 @@
 Every reader returns a `Loaded`: images in a fixed, documented order (the order that becomes row i of every
 artifact), labels, a train/val split, unique ids, class names, a one-line description of the source, and the
 items it could not decode (`bad`), which `stages.prepare` reports and never drops silently.
+
+File-based readers (imagefolder, hdf5) also define `plan(...) -> Plan`: the listing without the pixels, so
+`prepare` can cut it to `--limit` first and then decode it window by window straight into the store. The small
+embedded sources are loaded whole and wrapped in a `Plan`.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -43,3 +48,32 @@ def load(dataset: str, source: Path | None, size: int | None, workers: int) -> L
 def every_fifth_val(n: int) -> np.ndarray:
     """The fixed split used when a source has none: every fifth item is validation (no RNG involved)."""
     return (np.arange(n) % 5 == 4).astype(np.uint8)
+
+
+Item = tuple["np.ndarray | None", "str | None"]  # (uint8 (H, W, C), None) or (None, error message)
+
+
+@dataclass
+class Plan:
+    """A source listed but not yet decoded: `read(lo, hi)` decodes items lo..hi-1 of the listing, in order."""
+    labels: np.ndarray
+    split: np.ndarray
+    ids: list[str]
+    classes: list[str]
+    source: str
+    shape: tuple[int, int, int]  # (H, W, C) of every stored row
+    read: Callable[[int, int], list[Item]]
+    paths: list[str] | None = None  # the file of each item, for the report of undecodable ones
+    resized: bool = False  # True when `read` already returns images at the requested size
+    close: Callable[[], None] = lambda: None
+
+
+def plan(dataset: str, source: Path | None, size: int | None, workers: int, limit: int | None) -> Plan:
+    """The source listed and cut to its first `limit` items before anything is decoded."""
+    module = importlib.import_module(f"pipeline.data.sources.{READERS[dataset]}")
+    if hasattr(module, "plan"):
+        return module.plan(dataset, source, size, workers, limit)
+    d = module.load(dataset, source, size, workers)  # small embedded sets: decoded whole, then cut
+    images, keep = d.images[:limit], slice(0, limit)
+    return Plan(d.labels[keep], d.split[keep], d.ids[keep], d.classes, d.source, tuple(images.shape[1:]),
+                lambda lo, hi: [(x, None) for x in images[lo:hi]], resized=d.resized)

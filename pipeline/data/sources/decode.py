@@ -51,6 +51,41 @@ def _job(args):
     return decode_file(*args)
 
 
+def header(path: str) -> tuple[tuple[int, int] | None, bool]:
+    """((H, W), grey) from the file's header alone (no pixel decode); (None, False) when it cannot be read."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return (img.size[1], img.size[0]), img.mode in _GRAY_MODES
+    except Exception:  # noqa: BLE001 - the decode pass reports it, with its error
+        return None, False
+
+
+class Decoder:
+    """A pool of `workers` decoding processes kept for a whole run (`workers` <= 1: this process).
+
+    Work is handed out one window at a time, so at most one window of decoded images is in memory."""
+
+    def __init__(self, workers: int):
+        self.pool = mp.get_context("spawn").Pool(workers, initializer=_one_thread) if workers > 1 else None
+
+    def map(self, fn, jobs: list, chunksize: int = 16) -> list:
+        if self.pool is None:
+            return [fn(j) for j in jobs]
+        return self.pool.map(fn, jobs, chunksize=max(1, min(chunksize, len(jobs) // (4 * self.pool._processes) or 1)))
+
+    def decode(self, paths: list[str], size: int | None) -> list[tuple[np.ndarray | None, str | None]]:
+        return self.map(_job, [(p, size) for p in paths])
+
+    def headers(self, paths: list[str]) -> list[tuple[tuple[int, int] | None, bool]]:
+        return self.map(header, paths, chunksize=256)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
+
+
 def decode_all(paths: list[Path], size: int | None, workers: int) -> list[tuple[np.ndarray | None, str | None]]:
     """Decode every path, in order; `workers` <= 1 decodes in this process."""
     jobs = [(str(p), size) for p in paths]

@@ -3,7 +3,7 @@
 Order: split (train, then val), class name, file name, all sorted, so the same tree always gives the same rows.
 Without train/val subfolders the split is fixed: every fifth file of that sorted listing is val (about a
 fifth of every class, no RNG).
-Ids are the paths relative to ROOT.
+Ids are the paths relative to ROOT. `--limit N` keeps the first N files of that order, before any is opened.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.runtime.errors import CompressError
-from pipeline.data.sources import Loaded, every_fifth_val
-from pipeline.data.sources.decode import decode_all
+from pipeline.data.sources import Plan, every_fifth_val
+from pipeline.data.sources.decode import Decoder
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -47,7 +47,8 @@ def _listing(root: Path) -> tuple[list[Path], list[str], np.ndarray, list[str]]:
     return paths, names, every_fifth_val(len(paths)) if parts[0][0] is None else split, classes
 
 
-def load(dataset, source, size, workers) -> Loaded:
+def plan(dataset, source, size, workers, limit) -> Plan:
+    """The sorted listing cut to `limit` files; headers read (no pixels) to fix the stored shape up front."""
     if source is None or not Path(source).is_dir():
         raise CompressError(f"--dataset imagefolder needs --source ROOT, a folder of class folders; "
                             f"got {str(source)!r}")
@@ -55,20 +56,28 @@ def load(dataset, source, size, workers) -> Loaded:
     paths, names, split, classes = _listing(root)
     if not paths:
         raise CompressError(f"{root}: no image files ({', '.join(sorted(EXTENSIONS))}) in class folders")
-    ids = [p.relative_to(root).as_posix() for p in paths]
-    decoded = decode_all(paths, size, workers)
-    bad = [{"id": i, "path": str(p), "error": err} for i, p, (_, err) in zip(ids, paths, decoded) if err]
-    keep = [k for k, (x, _) in enumerate(decoded) if x is not None]
-    arrays = [decoded[k][0] for k in keep]
-    if arrays:
-        shapes = {a.shape[:2] for a in arrays}
-        if len(shapes) > 1:
-            raise CompressError(f"{root}: images differ in size ({len(shapes)} shapes, e.g. "
-                                f"{sorted(shapes)[:2]}); pass --size PX to resize them to PX x PX")
-        if len({a.shape[2] for a in arrays}) > 1:  # mixed grey and colour: store colour
-            arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
-    images = np.stack(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
+    paths, names, split = paths[:limit], names[:limit], split[:limit]
+    files = [str(p) for p in paths]
+    decoder = Decoder(workers)
+    try:
+        heads = decoder.headers(files)
+        sizes = {hw: f for f, (hw, _) in zip(files, heads) if hw is not None}
+        if size is None and len(sizes) > 1:  # before decoding anything, not after decoding everything
+            (a, fa), (b, fb) = sorted(sizes.items())[:2]
+            raise CompressError(f"{root}: images differ in size ({len(sizes)} shapes, e.g. {a} in {fa} and {b} "
+                                f"in {fb}); pass --size PX to resize each image to PX x PX")
+        channels = 1 if all(grey for hw, grey in heads if hw is not None) else 3  # mixed grey and colour: colour
+        hw = (size, size) if size is not None else (next(iter(sizes)) if sizes else (1, 1))
+    except BaseException:
+        decoder.close()
+        raise
+
+    def read(lo: int, hi: int):
+        items = decoder.decode(files[lo:hi], size)
+        return [(np.repeat(x, 3, axis=2) if x is not None and x.shape[2] < channels else x, err)
+                for x, err in items]
+
     index = {c: k for k, c in enumerate(classes)}
-    labels = np.array([index[names[k]] for k in keep], dtype=np.int64)
-    return Loaded(images, labels, split[keep], [ids[k] for k in keep], classes, str(root), bad=bad,
-                  resized=size is not None)
+    return Plan(np.array([index[c] for c in names], dtype=np.int64), split,
+                [p.relative_to(root).as_posix() for p in paths], classes, str(root), (*hw, channels), read,
+                paths=files, resized=size is not None, close=decoder.close)
