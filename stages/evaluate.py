@@ -12,7 +12,7 @@ agreement `agree10` / `agree1` (pipeline/evaluation/agreement.py) and the refere
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from pipeline.models.backbones import build_backbone, check_input_size
 from pipeline.evaluation.scoring import evaluate_features
 from pipeline.runtime.provenance import provenance, sha256_file
 from pipeline.runtime.atomic import write_atomic, write_text
+from pipeline.runtime.settings import setting
 
 METRICS = ("nn", "knn20", "linear", "ca")
 PROBES = ("cached", "augmented")  # the fast probe on the features; the paper's, on augmented views
@@ -36,31 +37,48 @@ PROBES = ("cached", "augmented")  # the fast probe on the features; the paper's,
 
 @dataclass
 class EvaluateConfig:
-    data: Path
-    out: Path  # metrics/NAME.json
-    model: Path | None = None  # exactly one of model / cache / random_init
-    cache: Path | None = None
-    random_init: str | None = None  # an architecture name
-    small_input: bool = False
-    input_size: int | None = None  # random-init only; None: the store's image side
-    name: str | None = None  # row name in the report; None: the stem of `out`
-    knn_k: int = 20
-    knn_tau: float = 0.07
-    ca_clusters: int | None = None  # None: number of classes
-    probe: str = "cached"
-    probe_epochs: int = 40
-    probe_batch_size: int | None = 256
-    probe_crop_scale_min: float = 0.08  # augmented probe: RandomResizedCrop scale (min, 1); paper 0.08
-    probe_hflip: bool = True  # augmented probe: random horizontal flip, as the paper
-    seed: int = 0
-    batch_size: int = 256
-    device: str = "auto"
-    figures: Path | None = None
-    compare_cache: Path | None = None  # the teacher: agree10 / agree1 against it, and the grid's reference
-    compare_model: Path | None = None  # the same, for a reference given as a model file
-    grid_queries: int = 8
-    grid_k: int = 6
-    features_dir: Path | None = None  # where keyed feature files go; None: beside `out`
+    """Every setting of `eval`, with its default, help and range (pipeline/runtime/settings.py); the CLI's options are
+    generated from these fields. Exactly one of model / cache / random_init names what is evaluated."""
+    data: Path = setting(MISSING, "Image-store folder (from `compress-cache prepare`).")
+    out: Path = setting(MISSING, "Metrics JSON to write, e.g. metrics/mnv2.json.")
+    model: Path | None = setting(None, "A model file (model.pt) written by `compress-cache train`.", shown="none")
+    cache: Path | None = setting(None, "A teacher cache (.zarr): evaluates the teacher itself.", shown="none")
+    random_init: str | None = setting(None, "A randomly initialised architecture (seeded): the floor every trained "
+                                            "model should beat.", shown="none")
+    small_input: bool = setting(False, "With --random-init: the 8-64 px stem (3x3 stride-1 conv, no max-pool).",
+                                flag="--small-input/--imagenet-stem")
+    input_size: int | None = setting(None, "With --random-init: input side.", shown="the images'", low=8)
+    name: str | None = setting(None, "Row name in the report.", shown="the file name of --out")
+    knn_k: int = setting(20, "Neighbours that vote in kNN.", low=1)
+    knn_tau: float = setting(0.07, "Vote temperature: weight exp(cos/tau).", low=0, low_open=True)
+    ca_clusters: int | None = setting(None, "k-means clusters for cluster assignment.", paper="1000",
+                                      shown="the number of classes", low=2)
+    probe: str = setting("cached", "Linear probe. cached: on the evaluation-view features computed once (fast). "
+                                   "augmented: the paper's, RandomResizedCrop + flip views rendered every epoch "
+                                   "through the frozen network (one forward pass over the train set per epoch; needs "
+                                   "--model or --random-init).", choices=("cached", "augmented"))
+    probe_epochs: int = setting(40, "Linear-probe epochs; the lr drops x0.1 at 15/40 and 30/40 of them (paper "
+                                    "schedule). SGD lr 0.01, momentum 0.9, weight decay 1e-4; the last epoch's head "
+                                    "is reported.", low=1)
+    probe_batch_size: int | None = setting(256, "Probe batch; 0 trains full-batch.", low=0)
+    probe_crop_scale_min: float = setting(0.08, "--probe augmented: RandomResizedCrop scale (MIN, 1); 0.08 is "
+                                                "torchvision's and the paper's.", low=0, high=1, low_open=True)
+    probe_hflip: bool = setting(True, "--probe augmented: random horizontal flips (the paper's); off for data where a "
+                                      "mirror image is another class (digits).")
+    seed: int = setting(0, "Seeds k-means, the probe and random init.", low=0)
+    batch_size: int = setting(256, "Images per forward pass.", low=1)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    figures: Path | None = setting(None, "Folder for the confusion-matrix and retrieval-grid PNGs (the grid: val "
+                                         "queries and their neighbours under this model).", shown="none")
+    compare_cache: Path | None = setting(None, "The teacher's cache (.zarr): adds the teacher agreement agree10 (mean "
+                                               "overlap of the 10 nearest train images, student vs teacher) and "
+                                               "agree1 (same nearest image); with --figures the grid shows the "
+                                               "teacher's neighbours beside this model's.", shown="none")
+    compare_model: Path | None = setting(None, "As --compare-cache, for a reference given as a model file.",
+                                         shown="none")
+    grid_queries: int = setting(8, "Val queries in the retrieval grid.", low=1, cli=False)
+    grid_k: int = setting(6, "Neighbours per query in the retrieval grid.", low=1, cli=False)
+    features_dir: Path | None = setting(None, "Folder for the keyed feature files.", shown="beside --out")
 
 
 # ---------------------------------------------------------------- features of each kind of source
