@@ -1,12 +1,12 @@
 """Readers that turn one kind of data source into rows for the image store, one module per kind.
 
-Every reader returns a `Loaded`: images in a fixed, documented order (the order that becomes row i of every
+The embedded readers return a `Loaded`: images in a fixed, documented order (the order that becomes row i of every
 artifact), labels, a train/val split, unique ids, class names, a one-line description of the source, and the
 items it could not decode (`bad`), which `stages.prepare` reports and never drops silently.
 
-File-based readers (imagefolder, hdf5) also define `plan(...) -> Plan`: the listing without the pixels, so
-`prepare` can cut it to `--limit` first and then decode it window by window straight into the store. The small
-embedded sources are loaded whole and wrapped in a `Plan`.
+File-based readers (imagefolder, hdf5) define `plan(...) -> Plan` instead: the same columns without the pixels,
+so `prepare` can cut them to `--limit` first and then decode window by window straight into the store. The
+small embedded sources are loaded whole and wrapped in a `Plan`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-# dataset name -> module under pipeline.data.sources defining `load(source, size, workers) -> Loaded`
+# dataset name -> module under pipeline.data.sources defining `load(dataset, source, size, workers) -> Loaded`
+# or `plan(dataset, source, size, workers, limit) -> Plan`
 READERS = {
     "digits": "digits",
     "fashion-mnist": "idx",
@@ -38,11 +39,6 @@ class Loaded:
     source: str
     bad: list[dict] = field(default_factory=list)  # {"id", "path", "error"} of undecodable items
     resized: bool = False  # True when the reader already brought images to the requested size
-
-
-def load(dataset: str, source: Path | None, size: int | None, workers: int) -> Loaded:
-    module = importlib.import_module(f"pipeline.data.sources.{READERS[dataset]}")
-    return module.load(dataset, source, size, workers)
 
 
 def every_fifth_val(n: int) -> np.ndarray:

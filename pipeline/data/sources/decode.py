@@ -1,4 +1,4 @@
-"""Decode image files in parallel worker processes, with a progress bar and a list of failures.
+"""Decode image files in parallel worker processes, one window at a time, returning failures beside the rest.
 
 A file that cannot be decoded is returned as an error string beside its index, never dropped here: the caller
 decides whether that fails the run or becomes a recorded skip.
@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sys
-from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
@@ -84,13 +82,3 @@ class Decoder:
         if self.pool is not None:
             self.pool.terminate()
             self.pool = None
-
-
-def decode_all(paths: list[Path], size: int | None, workers: int) -> list[tuple[np.ndarray | None, str | None]]:
-    """Decode every path, in order; `workers` <= 1 decodes in this process."""
-    jobs = [(str(p), size) for p in paths]
-    bar = dict(total=len(jobs), desc="decode", unit="img", disable=None)
-    if workers <= 1:
-        return [decode_file(*j) for j in tqdm(jobs, **bar)]
-    with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
-        return list(tqdm(pool.imap(_job, jobs, chunksize=64), **bar))

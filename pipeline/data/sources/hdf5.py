@@ -41,14 +41,6 @@ def plan(dataset, source, size, workers, limit) -> Plan:
     return Plan(d.labels, d.split, d.ids, d.classes, d.source, shape, read)
 
 
-def load(dataset, source, size, workers) -> Loaded:
-    d = _columns(source, None)
-    with h5py.File(Path(source), "r") as f:
-        images = f["images"][:]
-    d.images = images[..., None] if images.ndim == 3 else images
-    return d
-
-
 def _columns(source, limit) -> Loaded:
     """Everything but the pixels (`images` is left as the h5py dataset's shape-and-dtype stand-in)."""
     if source is None or not Path(source).is_file():
