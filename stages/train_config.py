@@ -23,7 +23,7 @@ class TrainConfig:
     out: Path = setting(MISSING, "Run folder. Re-running the same command resumes from its checkpoint.")
     cache: Path | None = setting(None, "Teacher cache (from `extract`); needed by every distillation method "
                                        "unless --teacher-source live.", shown="none")
-    student: str = setting("resnet18", "Student architecture: resnet18, resnet34, resnet50, mobilenet_v2, alexnet, "
+    student: str = setting("resnet18", "The network trained (`teacher`: the one pretrained): resnet18, resnet34, resnet50, mobilenet_v2, alexnet, "
                                        "the narrow resnet18_w16/w32, shufflenet_v2_x0_5 or any torchvision "
                                        "classification model name.")
     small_input: bool = setting(False, "3x3 stride-1 stem without max-pool, for 8-64 px images; the paper's "
@@ -117,6 +117,9 @@ PRESETS = {
     # Fashion-MNIST study set every option explicitly instead)
     "small": {"epochs": 30, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "bank_size": 4096,
               "input_size": 32, "small_input": True, "crd_negatives": 1024, "warmup_epochs": 1.0},
+    # `compress-cache teacher` without --weights: MoCo v2 pretraining of a teacher on a few thousand small images
+    "moco-pretrain": {"method": "moco", "epochs": 100, "batch_size": 256, "lr": 0.06, "weight_decay": 5e-4,
+                      "schedule": "cosine", "bank_size": 4096, "tau": 0.2, "ema": 0.99, "input_size": 32},
     # the unit tests and benchmarks: seconds
     "tiny": {"epochs": 1, "batch_size": 32, "bank_size": 64, "input_size": 8, "small_input": True,
              "crd_negatives": 64},

@@ -62,9 +62,9 @@ class IntList(click.ParamType):
         return tuple(int(p) for p in parts)
 
 
-def _option(f, hint):
+def _option(f, hint, preset: dict, rename: str | None):
     meta = f.metadata
-    name = "--" + f.name.replace("_", "-")
+    name = rename or "--" + f.name.replace("_", "-")
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = typing.get_args(hint)[0] if optional else hint  # `int | None` -> int
     kwargs = {"default": None}
@@ -73,7 +73,7 @@ def _option(f, hint):
     if base is bool:
         decls = [meta["flag"] or f"{name}/--no-{f.name.replace('_', '-')}"]
     else:
-        decls = [name]
+        decls = [name] if rename is None else [name, f.name]
         if meta["choices"]:
             kwargs["type"] = click.Choice(list(meta["choices"]))
         elif base in (int, float):
@@ -84,10 +84,12 @@ def _option(f, hint):
             kwargs["type"] = IntList()
     help_text = meta["help"]
     if f.default is not MISSING:
-        shown = meta["shown"] or (",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default)
-        if base is bool and meta["shown"] is None:
+        default = preset.get(f.name, f.default)
+        shown = (meta["shown"] if f.name not in preset else None) or (
+            ",".join(map(str, default)) if isinstance(default, tuple) else default)
+        if base is bool and (meta["shown"] is None or f.name in preset):
             on, off = decls[0].split("/")
-            shown = on if f.default else off
+            shown = on if default else off
         # written into the help (click would show a string default in parentheses)
         paper = f"; paper: {meta['paper']}" if meta["paper"] is not None else ""
         help_text += f"  [default: {shown}{paper}]"
@@ -95,10 +97,14 @@ def _option(f, hint):
     return click.option(*decls, **kwargs)
 
 
-def config_options(config_cls):
-    """Decorator: one option per field of `config_cls` with `cli` set, in field order."""
-    hints = typing.get_type_hints(config_cls)
-    made = [_option(f, hints[f.name]) for f in fields(config_cls) if f.metadata.get("cli")]
+def config_options(config_cls, only: tuple[str, ...] | None = None, preset: dict | None = None,
+                   rename: dict | None = None):
+    """Decorator: one option per field of `config_cls` with `cli` set, in field order. `only`: just these fields;
+    `preset`: defaults shown instead of the dataclass's (the command applies the same preset); `rename`: field ->
+    option name (the parameter keeps the field's name)."""
+    hints, preset, rename = typing.get_type_hints(config_cls), preset or {}, rename or {}
+    made = [_option(f, hints[f.name], preset, rename.get(f.name)) for f in fields(config_cls)
+            if f.metadata.get("cli") and (only is None or f.name in only)]
 
     def decorate(fn):
         for opt in reversed(made):

@@ -8,7 +8,7 @@ from stages.train_config import PRESETS, TrainConfig, config_from_dict
 @click.command("train")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="Starting values for the settings below (explicit options win): paper-imagenet (the "
-                   "defaults), small (a few thousand small images), tiny (tests, seconds).")
+                   "defaults), small (a few thousand small images), moco-pretrain (`teacher`'s pretraining), tiny (tests, seconds).")
 @config_options(TrainConfig)
 def command(**options):
     """Train a student (or, with --method moco, a model from scratch).
