@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from pipeline.runtime.errors import CompressError
 from pipeline.data.imagestore import write_image_store
 from pipeline.data.sources import READERS, Plan, plan
 from pipeline.runtime.atomic import io_error
+from pipeline.runtime.settings import setting
 
 DATASETS = tuple(READERS)
 REPORT = "prepare-report.json"  # written beside the store whenever some items could not be decoded
@@ -32,14 +33,26 @@ REPORT = "prepare-report.json"  # written beside the store whenever some items c
 
 @dataclass
 class PrepareConfig:
-    dataset: str = "digits"
-    out: Path = Path("data/digits")
-    source: Path | None = None  # a folder or file for datasets that are not embedded
-    size: int | None = None  # pre-resize: short side to this many pixels, then centre crop; None keeps native
-    skip_bad: bool = False  # leave undecodable images out (recorded in the manifest) instead of failing
-    workers: int = min(4, os.cpu_count() or 1)  # decoding processes for file-based sources
-    limit: int | None = None  # keep only the first N items of the listing, before decoding; in the manifest
-    block: int | None = None  # images decoded per window (one resume point each); None: ~64 MiB of pixels
+    """Every setting of `prepare`, with its default, help and range (pipeline/runtime/settings.py); the CLI's options
+    are generated from these fields."""
+    out: Path = setting(MISSING, "Image-store folder to write.")
+    dataset: str = setting("digits", "Source to pack. digits is embedded in scikit-learn (no download); fashion-mnist "
+                                     "reads /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist) "
+                                     "by default.", choices=DATASETS)
+    source: Path | None = setting(None, "Folder or file of the source: the python-format CIFAR folder, the "
+                                        "ImageFolder root (with train/ and val/ subfolders, or class folders and a "
+                                        "fixed split), or an .h5 file.", shown="the dataset's own")
+    size: int | None = setting(None, "Pre-resize: short side to SIZE px, then centre crop to SIZE x SIZE. Pick a little "
+                                     "above the training resolution; crops are taken from these pixels.",
+                               shown="native", low=4)
+    skip_bad: bool = setting(False, "Leave out images that cannot be decoded (listed in the manifest's `skipped`) "
+                                    "instead of failing.")
+    workers: int = setting(min(4, os.cpu_count() or 1), "Decoding processes for image files (one thread each); 0 "
+                                                        "decodes in this process.", low=0)
+    limit: int | None = setting(None, "Keep only the first N items of the source's order, before decoding (smoke "
+                                      "runs).", shown="all", low=1)
+    block: int | None = setting(None, "Images decoded per window, each a resume point for a killed run.",
+                                shown="~64 MiB of pixels, 64-4096 images", low=1)
 
 
 def resize_square(images: np.ndarray, size: int, block: int = 4096) -> np.ndarray:
