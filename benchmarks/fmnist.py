@@ -68,7 +68,7 @@ SETTINGS = {
     "supervised_teacher_min_knn20": 90.0,
     # students: the first gets 3 seeds of everything; CPU order (resnet18_w16 trains faster here than ShuffleNet)
     "students": ["resnet18_w16", "shufflenet_v2_x0_5"],
-    "student_train": {"epochs": 4, "batch_size": 128, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.0,
+    "student_train": {"epochs": 2, "batch_size": 128, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.0,
                       "momentum": 0.9, "weight_decay": 1e-4, "bank_size": 16384, "tau": 0.04, "ema": 0.99,
                       "crd_negatives": 16384, "augment": "crop-flip", "crop_scale_min": 0.2, "hflip": True},
     "moco": {"tau": 0.2, "augment": "mocov2"},  # MoCo from scratch: its own temperature and augmentations
@@ -259,6 +259,7 @@ class Study:
         self.teachers_dir = (self.work / "teachers-made") if smoke else TEACHERS
         self._caches: dict = {}
         self._fingerprint: str | None = None
+        self.excluded: list[str] = []  # result files made with other settings, left out of the tables
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -638,9 +639,20 @@ def loss_curve(out: Path, bins: int = 40) -> dict:
 # ==================================================================== tables
 
 def collect(study: Study) -> tuple[list[dict], list[dict], dict]:
-    """Rows of fmnist_main.json and fmnist_ablations.json from every finished result, teacher and pixel rows."""
+    """Rows of fmnist_main.json and fmnist_ablations.json from every finished result made with the current
+    settings and teachers (others are left out and named in `status`), teacher and pixel rows."""
     s = study.s
-    done = study.finished()
+    done, study.excluded = {}, []
+    for name, r in study.finished().items():
+        spec = r["run"]
+        run = Run(spec["student"], spec["method"], spec["seed"], spec["teacher"], tuple(spec["variant"].items()))
+        teacher = (study.teacher_record(run.teacher) or {}).get("sha256") if run.teacher else None
+        same = (r["identity"]["settings"] == study.run_settings(run) and r["identity"]["eval"] == s["eval"]
+                and r["identity"]["teacher_sha256"] == teacher)
+        if same:
+            done[name] = r
+        else:
+            study.excluded.append(name)
     main_rows, ablation_rows = [], []
     pixels_path = study.runs_dir / "pixels.json"
     pixels = json.loads(pixels_path.read_text()) if pixels_path.is_file() else None
@@ -684,6 +696,7 @@ def write_tables(study: Study) -> dict:
                 for name in s["teachers"] if (rec := study.teacher_record(name)) is not None}
     digests = sorted({r["code_digest"] for r in done.values()})
     status = {"runs_planned": len(planned), "runs_done": len(finished), "complete": len(finished) == len(planned),
+              "excluded_other_settings": study.excluded,
               "code_digests": digests,
               "train_hours": round(sum(r["train_seconds"] for r in done.values()) / 3600, 2),
               "eval_hours": round(sum(r["eval_seconds"] for r in done.values()) / 3600, 2)}
@@ -696,8 +709,9 @@ def write_tables(study: Study) -> dict:
     _write_json(study.results / "fmnist_ablations.json", ablations)
     head = (f"Made by `{command}` from {status['runs_done']} of {status['runs_planned']} planned runs"
             f"{'' if status['complete'] else ' (INCOMPLETE: the study is still running)'}; "
-            f"{status['train_hours']} h of training and {status['eval_hours']} h of evaluation; accuracies in % on "
-            f"the test images, agree10/agree1 as fractions against the row's teacher; mean ± std over seeds.\n\n")
+            f"{status['train_hours']} h of training and {status['eval_hours']} h of evaluation, on "
+            f"{len(digests)} version(s) of the code; accuracies in % on the test images, agree10/agree1 as fractions "
+            f"against the row's teacher; mean ± std over seeds.\n\n")
     curve = "".join(f"- {name} teacher: {t.get('stopped')}; kNN curve (epoch: NN / kNN-20): "
                     + ", ".join(f"{p['epoch']}: {p['nn']:.1f} / {p['knn20']:.1f}" for p in t.get("curve", []))
                     + "\n" for name, t in teachers.items())

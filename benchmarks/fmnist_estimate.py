@@ -46,7 +46,7 @@ def _timed_train(study: Study, out: Path, hp: dict, steps: int) -> dict:
     from stages.train_config import config_from_dict
     done = out / "timing.json"  # an interrupted estimate keeps the kinds it timed
     if done.is_file() and json.loads(done.read_text())["steps"] == steps:
-        return json.loads(done.read_text())
+        return {**json.loads(done.read_text()), "reused": True}
 
     def one(n: int) -> dict:
         cfg = config_from_dict({**hp, "data": study.data, "out": out / f"steps{n}", "steps": n, "epochs": 1,
@@ -177,6 +177,8 @@ def estimate(study: Study, steps: int) -> dict:
         "command": "python benchmarks/fmnist.py estimate" + (" --smoke" if study.smoke else "")
                    + f" --steps {steps}",
         "measured_in_minutes": round((time.perf_counter() - t_all) / 60, 1),
+        "kinds_timed_by_an_earlier_invocation": sum(1 for r in [*rates.values(), *teacher_rates.values()]
+                                                    if r.get("reused")),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "cpus": os.cpu_count(),
         "n_train": n_train, "student_epochs": epochs,
         "rates": per_kind, "teacher_rates": teacher_rates, "eval_seconds": eval_seconds,

@@ -113,11 +113,13 @@ def test_tables_are_regenerated_from_the_result_files_alone(tmp_path):
     s = study.s
     first = s["students"][0]
     runs = [fmnist.Run(first, "compress-2q", 0, "ssl"), fmnist.Run(first, "moco", 0, None),
-            fmnist.Run(first, "compress-2q", 0, "ssl", (("tau", 0.2),))]
+            fmnist.Run(first, "compress-2q", 0, "ssl", (("tau", 0.2),)), fmnist.Run(first, "crd", 0, "ssl")]
     for i, run in enumerate(runs):
+        settings = study.run_settings(run) | ({"lr": 0.5} if run.method == "crd" else {})  # crd: other settings
         fmnist._write_json(study.runs_dir / f"{run.name}.json", {
             "run": {"name": run.name, "student": run.student, "method": run.method, "seed": run.seed,
                     "teacher": run.teacher, "variant": dict(run.variant)},
+            "identity": {"settings": settings, "eval": s["eval"], "teacher_sha256": None},
             "metrics": {"nn": 70.0 + i, "knn20": 71.0, "linear": 72.0, "ca": 50.0},
             "agreement": {"ssl": {"agree10": 0.6, "agree1": 0.5}, "supervised": {"agree10": 0.3, "agree1": 0.2}},
             "loss_curve": {"bins": [3.0, 2.0, 1.9], "last_quarter_drop": 0.01}, "train_seconds": 10.0,
@@ -135,6 +137,7 @@ def test_tables_are_regenerated_from_the_result_files_alone(tmp_path):
     assert by[("ssl", "pixels")]["agree10"] == 0.2 and by[("supervised", "pixels")]["agree10"] is None
     assert ("ssl", "compress-2q") in by and len([r for r in main["rows"] if r["method"] == "compress-2q"]) == 1
     assert main["status"]["runs_done"] == 3 and main["status"]["complete"] is False
+    assert main["status"]["excluded_other_settings"] == [runs[3].name] and ("ssl", "crd") not in by
     ab = json.loads((study.results / "fmnist_ablations.json").read_text())["rows"]
     assert {(r["ablation"], r["setting"]) for r in ab} == {("tau", 0.04), ("tau", 0.2), ("bank", 512),
                                                            ("source", "cached"), ("momentum", "with")}
