@@ -750,11 +750,13 @@ def plot_losses(done: dict, s: dict, path: Path) -> None:
             spec, bins = r["run"], r["loss_curve"].get("bins")
             if spec["method"] == method and spec["seed"] == 0 and not spec["variant"] and bins:
                 ax.plot(np.linspace(0, 1, len(bins)), np.array(bins) / bins[0],
-                        label=f"{spec['teacher'] or 'ref'} {spec['student'][:10]}")
+                        label=f"{spec['teacher'] or 'ref'} {spec['student']}")
         ax.set_title(method, fontsize=9)
         ax.tick_params(labelsize=7)
         if ax.lines:
             ax.legend(fontsize=6)
+    for ax in axes.flat[len(methods):]:
+        ax.axis("off")
     fig.supxlabel("fraction of training")
     fig.supylabel("loss / first bin")
     fig.tight_layout()
