@@ -47,12 +47,6 @@ def sample_color(n: int, generator: torch.Generator, brightness: float = 0.4, co
     return torch.stack([jitter, b, c, s, h, *order.unbind(1), gray, blur, sig], dim=1)
 
 
-def identity_color(n: int) -> torch.Tensor:
-    """(n, COLOR_PARAMS) parameters that change nothing (the evaluation view)."""
-    row = torch.tensor([0, 1, 1, 1, 0, 0, 1, 2, 3, 0, 0, 0], dtype=torch.float32)
-    return row.repeat(n, 1)
-
-
 def color_augment(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Apply per-sample parameters to float (N, 3, H, W) images in [0, 1]; returns a new tensor in [0, 1]."""
     if params.shape != (len(x), COLOR_PARAMS):
