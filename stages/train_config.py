@@ -3,7 +3,6 @@
 checks below hold for a config built in code as for one from the command line."""
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from pipeline.data.augment import RECIPES
 from pipeline.methods import METHODS, method_class, method_needs_teacher
 from pipeline.runtime.errors import CompressError
-from pipeline.runtime.settings import setting
+from pipeline.runtime.settings import outside, setting
 
 
 @dataclass
@@ -148,9 +147,8 @@ def check_values(cfg: TrainConfig) -> None:
         v = getattr(cfg, f.name)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        low, high, low_open, high_open = f.metadata.get("range", (None, None, False, False))
-        if (not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low))
-                or (high is not None and (v >= high if high_open else v > high))):
+        low, high, low_open, high_open = rng = f.metadata.get("range", (None, None, False, False))
+        if outside(v, *rng):
             bounds = [f"{'>' if low_open else '>='} {low}" if low is not None else "",
                       f"{'<' if high_open else '<='} {high}" if high is not None else ""]
             raise CompressError(f"--{f.name.replace('_', '-')} {v!r} is out of range: use a finite number "

@@ -6,6 +6,7 @@ choices and the paper's value where that differs; the command-line options are g
 """
 from __future__ import annotations
 
+import math
 from dataclasses import field
 
 
@@ -23,3 +24,12 @@ def setting(default, help: str, *, paper=None, shown: str | None = None, choices
     return field(default=default, metadata={
         "help": help, "paper": paper, "shown": shown, "choices": choices, "range": (low, high, low_open, high_open),
         "flag": flag, "cli": cli})
+
+
+def outside(value: float, low=None, high=None, low_open: bool = False, high_open: bool = False) -> bool:
+    """Whether `value` breaks a setting's range (`setting(low=..., high=...)`); non-finite numbers always do.
+    The one range check: the CLI's usage errors and the stages' runtime guards both call it."""
+    if not math.isfinite(value):
+        return True
+    return ((low is not None and (value <= low if low_open else value < low))
+            or (high is not None and (value >= high if high_open else value > high)))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.runtime.settings import outside
+
 
 class Number(click.ParamType):
     """An int or a float, finite, within an optional range (click's FloatRange lets nan through)."""
@@ -37,9 +39,7 @@ class Number(click.ParamType):
                 self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
         if not math.isfinite(v):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        lo_bad = self.low is not None and (v <= self.low if self.low_open else v < self.low)
-        hi_bad = self.high is not None and (v >= self.high if self.high_open else v > self.high)
-        if lo_bad or hi_bad:
+        if outside(v, self.low, self.high, self.low_open, self.high_open):
             self.fail(f"{value!r} is not in the range {self._range()}", param, ctx)
         return v
 
