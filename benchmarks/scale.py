@@ -1,103 +1,98 @@
-"""Does `prepare` run in memory independent of N? Peak RSS at 4N images over N, in the same run.
+"""Does compress-cache fit ImageNet (1.28 M images) and ImageNet-21k (13 M)? Measured here on synthetic stores
+and caches large enough to take the paths a large dataset takes, as ratios within one run, then projected.
 
-Each `prepare` runs in its own subprocess, which reports its peak RSS (`ru_maxrss` of itself, and of its
-largest decoding worker) after the run. Sources are synthetic: an ImageFolder tree of PNG files (the decode
-path) and an HDF5 file (the read path), N and 4N images each, small windows (`--block`) so that both N and 4N
-span many of them. The projection to 1.28 M and 13 M images extrapolates the measured per-image slope of RSS
-(what grows with N: ids, labels, the listing) and the measured time per image, scaled by pixels per image.
+One part per stage, each in its own file with a `measure(work, quick) -> dict`:
 
-    python benchmarks/scale.py                # ~2 minutes on 2 cores; writes benchmarks/results/scale.json
+    prepare  benchmarks/scale_prepare.py  peak RSS of `prepare` at 4N images over N            goal <= 1.2
+    loader   benchmarks/scale_loader.py   paged loader bytes/s over a cold sequential read     goal >= 0.8
+                                          in-RAM batches over copying the same bytes           goal >= 0.5
+    cache    benchmarks/scale_cache.py    node memory of two ranks holding the cache over one  goal <= 1.3
+    eval     benchmarks/scale_eval.py     evaluation's peak RSS over the feature matrix        goal <= 1.5
+
+    python benchmarks/scale.py                       # every part (~20 minutes on 2 cores)
+    python benchmarks/scale.py --parts loader,eval   # some parts; the others' results are kept as they were
+    python benchmarks/scale.py --table               # the README's scale table from the JSON, nothing measured
+
+Everything goes to benchmarks/results/scale.json; each part records its own command, commit, time, load
+average and duration, so parts measured in different runs say so. Synthetic data lives under --work
+(default artifacts/scale, not committed) and is reused by later runs.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import subprocess
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
+from pipeline.runtime.provenance import provenance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
-_CHILD = """
-import resource, sys
-from pathlib import Path
-from stages.prepare import PrepareConfig, prepare
-kind, src, out, block, workers = sys.argv[1:6]
-prepare(PrepareConfig(dataset=kind, source=Path(src), out=Path(out), block=int(block), workers=int(workers)))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
+PARTS = ("prepare", "loader", "cache", "eval")
+# ratio -> (part, comparison, bound): the issue's goals
+GOALS = {
+    "prepare_rss_4N_over_N": ("prepare", "<=", 1.2),
+    "loader_paged_over_raw_read": ("loader", ">=", 0.8),
+    "loader_ram_over_memcpy": ("loader", ">=", 0.5),
+    "cache_rss_two_ranks_over_one": ("cache", "<=", 1.3),
+    "eval_peak_rss_over_features": ("eval", "<=", 1.5),
+}
 
 
-def _folder(root: Path, n: int, px: int) -> Path:
-    rng = np.random.default_rng(0)
-    for k in range(n):
-        d = root / f"c{k % 10}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(d / f"{k:07d}.png", compress_level=1)
-    return root
-
-
-def _h5(path: Path, n: int, px: int) -> Path:
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        d = f.create_dataset("images", (n, px, px, 3), np.uint8)
-        for lo in range(0, n, 4096):
-            d[lo:lo + 4096] = rng.integers(0, 256, (min(4096, n - lo), px, px, 3), dtype=np.uint8)
-        f["labels"] = rng.integers(0, 1000, n)
-    return path
-
-
-def _run(kind: str, src: Path, out: Path, block: int, workers: int) -> dict:
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", _CHILD, kind, str(src), str(out), str(block), str(workers)],
-                       capture_output=True, text=True, check=True)
-    main_kb, worker_kb = map(int, r.stdout.split()[-2:])
-    return {"seconds": time.perf_counter() - t, "peak_rss_mb": main_kb / 1024, "worker_peak_rss_mb": worker_kb / 1024}
-
-
-def _project(n_small: int, small: dict, n_big: int, big: dict, px: int, workers: int) -> dict:
-    """RAM: the measured peak plus the measured per-image slope; disk: store + spool; time: seconds per image,
-    scaled by pixels to 256 px (decoding cost grows roughly with pixels: a rough figure)."""
-    slope_mb = max(0.0, (big["peak_rss_mb"] - small["peak_rss_mb"]) / (n_big - n_small))
-    per_image_s = big["seconds"] / n_big
+def summary(parts: dict) -> dict:
+    """Each goal's measured ratio and whether it is met (None: its part has not been measured)."""
     out = {}
-    for label, n in (("1.28M", 1_281_167), ("13M", 13_000_000)):
-        row = 256 * 256 * 3
-        out[label] = {"px": 256, "ram_gb_main": (big["peak_rss_mb"] + slope_mb * (n - n_big)) / 1024,
-                      "disk_gb_store": n * row / 1e9, "disk_gb_peak_with_spool": 2 * n * row / 1e9,
-                      f"hours_on_{workers}_workers_here": per_image_s * n * (256 / px) ** 2 / 3600}
-    return {"rss_slope_kb_per_image": slope_mb * 1024, **out}
+    for name, (part, op, bound) in GOALS.items():
+        value = parts.get(part, {}).get(name)
+        met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out[name] = {"value": value, "goal": f"{op} {bound}", "met": met,
+                     "measured": parts.get(part, {}).get("run", {}).get("created")}
+    return out
+
+
+def table(result: dict) -> str:
+    rows = ["| ratio | measured | goal | met | part measured at |", "|---|---|---|---|---|"]
+    for name, s in result["summary"].items():
+        value = "not measured" if s["value"] is None else f"{s['value']:.3g}"
+        rows.append(f"| `{name}` | {value} | {s['goal']} | {'-' if s['met'] is None else 'yes' if s['met'] else 'no'}"
+                    f" | {s['measured'] or '-'} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000, help="N for the ImageFolder source (the HDF5 one uses 10 N)")
-    ap.add_argument("--px", type=int, default=64)
-    ap.add_argument("--block", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    ap.add_argument("--work", type=Path, default=Path("artifacts/scale"), help="synthetic data (reused)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes, into results/scale_quick.json: checks the script, proves nothing")
+    ap.add_argument("--table", action="store_true", help="print the table from the JSON; measure nothing")
     a = ap.parse_args()
-    result = {"command": "python " + " ".join(sys.argv), "px": a.px, "block": a.block, "workers": a.workers}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for kind, n in (("imagefolder", a.n), ("hdf5", 10 * a.n)):
-            runs = {}
-            for m in (n, 4 * n):
-                src = _folder(tmp / f"src{m}", m, a.px) if kind == "imagefolder" else _h5(tmp / f"src{m}.h5", m, a.px)
-                runs[m] = _run(kind, src, tmp / f"out-{kind}{m}", a.block, a.workers)
-                print(kind, m, runs[m], flush=True)
-            result[kind] = {"n": n, "runs": {str(k): v for k, v in runs.items()},
-                            "prepare_rss_4N_over_N": runs[4 * n]["peak_rss_mb"] / runs[n]["peak_rss_mb"],
-                            "projection_256px": _project(n, runs[n], 4 * n, runs[4 * n], a.px, a.workers)}
-    result["prepare_rss_4N_over_N"] = max(result[k]["prepare_rss_4N_over_N"] for k in ("imagefolder", "hdf5"))
-    result["goal"] = "prepare_rss_4N_over_N <= 1.2"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("prepare_rss_4N_over_N",)}), "->", RESULTS)
+    path = RESULTS.with_name("scale_quick.json") if a.quick else RESULTS  # a quick run never replaces results
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    parts = result.get("parts", {})
+    if not a.table:
+        chosen = [p.strip() for p in a.parts.split(",") if p.strip()]
+        unknown = [p for p in chosen if p not in PARTS]
+        if unknown:
+            sys.exit(f"error: unknown part(s) {', '.join(unknown)}; use some of {', '.join(PARTS)}")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # the part modules beside this file
+        for part in chosen:
+            work = a.work / part
+            work.mkdir(parents=True, exist_ok=True)
+            load, t = os.getloadavg(), time.perf_counter()
+            measured = importlib.import_module(f"scale_{part}").measure(work, quick=a.quick)
+            measured["run"] = {**provenance(vars(a)), "quick": a.quick, "seconds": time.perf_counter() - t,
+                               "loadavg_before": load, "loadavg_after": os.getloadavg()}
+            parts[part] = measured
+            result = {"parts": parts, "summary": summary(parts)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2) + "\n")  # after every part: a later failure keeps it
+            print(part, {k: v for k, v in measured.items() if k in GOALS}, flush=True)
+    result = {"parts": parts, "summary": summary(parts)}
+    print(table(result))
 
 
 if __name__ == "__main__":
