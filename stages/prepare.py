@@ -3,6 +3,9 @@
 Readers live in pipeline/data/sources (one module per kind of source). This stage resizes, deals with undecodable
 items (a report, then fail, or skip and record in the manifest) and writes the store.
 
+`--size` fits every image to one square (`--fit`): letterboxed (long side to the size, padded, each row's
+valid region recorded in the store) or centre-cropped (short side to the size).
+
 It streams: the listing is cut to `--limit`, then decoded one window at a time (workers x window images in
 memory, whatever N) into a spool file beside the store, each window fsynced and recorded before the next; a
 killed run resumes from its last complete window. The store is then written from the spool, block checksums
@@ -24,6 +27,7 @@ from pipeline.runtime.atomic import make_dir, remove_temporaries, write_text
 from pipeline.runtime.errors import CompressError
 from pipeline.data.imagestore import write_image_store
 from pipeline.data.sources import READERS, Plan, plan
+from pipeline.data.sources.decode import FITS, PAD, letterbox_region
 from pipeline.runtime.atomic import io_error
 from pipeline.runtime.settings import setting
 
@@ -42,9 +46,15 @@ class PrepareConfig:
     source: Path | None = setting(None, "Folder or file of the source: the python-format CIFAR folder, the "
                                         "ImageFolder root (with train/ and val/ subfolders, or class folders and a "
                                         "fixed split), or an .h5 file.", shown="the dataset's own")
-    size: int | None = setting(None, "Pre-resize: short side to SIZE px, then centre crop to SIZE x SIZE. Pick a little "
-                                     "above the training resolution; crops are taken from these pixels.",
+    size: int | None = setting(None, "Pre-resize every image to SIZE x SIZE px (see --fit). Pick a little above the "
+                                     "training resolution; crops are taken from these pixels.",
                                shown="native", low=4)
+    fit: str | None = setting(None, "How --size fits an image into the square. letterbox: long side to SIZE, aspect "
+                                    "kept, padded with 0; each row's valid region is recorded, and training crops "
+                                    "and the evaluation view stay inside it (the whole photo, as torchvision sees "
+                                    "it). centre: short side to SIZE, then the centre square (loses a 4:3 "
+                                    "photo's sides).", choices=FITS,
+                              shown="letterbox for imagefolder and non-square images, centre for square ones")
     skip_bad: bool = setting(False, "Leave out images that cannot be decoded (listed in the manifest's `skipped`) "
                                     "instead of failing.")
     workers: int = setting(min(4, os.cpu_count() or 1), "Decoding processes for image files (one thread each); 0 "
@@ -95,10 +105,15 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise CompressError(f"--limit {cfg.limit} keeps no images; use a positive number or leave it out")
     if cfg.block is not None and cfg.block < 1:
         raise CompressError(f"--block {cfg.block} holds no images; use a positive number or leave it out")
+    if cfg.fit is not None and cfg.fit not in FITS:
+        raise CompressError(f"--fit {cfg.fit!r} is not a fit; use one of {', '.join(FITS)}")
+    if cfg.fit is not None and cfg.size is None:
+        raise CompressError(f"--fit {cfg.fit} fits images to --size, which is not given; pass --size PX or "
+                            f"leave --fit out to keep native sizes")
     cfg.out = Path(cfg.out)
     if cfg.out.exists() and not cfg.out.is_dir():  # before the (long) decoding, not after it
         raise CompressError(f"--out {cfg.out} is a file, not a folder; choose another path or remove it")
-    src = plan(cfg.dataset, cfg.source, cfg.size, cfg.workers, cfg.limit)
+    src = plan(cfg.dataset, cfg.source, cfg.size, cfg.workers, cfg.limit, cfg.fit)
     try:
         if not len(src.ids):
             raise CompressError(f"{cfg.dataset}: no images to store from {src.source}")
@@ -113,8 +128,9 @@ def prepare(cfg: PrepareConfig) -> dict:
 def _stream(cfg: PrepareConfig, src: Plan) -> dict:
     """Decode window by window into the spool (resuming a killed run's), then write the store from it."""
     shape = src.shape if cfg.size is None or src.resized else (cfg.size, cfg.size, src.shape[2])
+    fit, regions = _fit(cfg, src)
     window = cfg.block or max(64, min(4096, (64 << 20) // int(np.prod(shape))))
-    key = hashlib.sha256(json.dumps({"dataset": cfg.dataset, "source": src.source, "size": cfg.size,
+    key = hashlib.sha256(json.dumps({"dataset": cfg.dataset, "source": src.source, "size": cfg.size, "fit": fit,
                                      "shape": list(shape), "ids": src.ids}).encode()).hexdigest()
     spool = Spool(cfg.out, shape, key, len(src.ids))
     bar = tqdm(total=len(src.ids), initial=spool.done, desc="decode", unit="img", disable=None)
@@ -122,7 +138,7 @@ def _stream(cfg: PrepareConfig, src: Plan) -> dict:
         lo = spool.done
         items = src.read(lo, min(lo + window, len(src.ids)))
         if cfg.size is not None and not src.resized:
-            items = _resize_items(items, cfg.size)
+            items = _resize_items(items, cfg.size, fit)
         keep, bad = [], []
         for k, (x, err) in enumerate(items, start=lo):
             if err is not None:
@@ -144,17 +160,55 @@ def _stream(cfg: PrepareConfig, src: Plan) -> dict:
         raise CompressError(f"{cfg.dataset}: no images left to store from {src.source}")
     m = write_image_store(cfg.out, spool.reader(), src.labels[rows], src.split[rows], [src.ids[k] for k in rows],
                           dataset=cfg.dataset, classes=src.classes, source=src.source, arguments=asdict(cfg),
-                          skipped=bad, locked=True)
+                          skipped=bad, locked=True, regions=None if regions is None else regions[rows], fit=fit)
     spool.remove()
     return m
 
 
-def _resize_items(items: list, size: int) -> list:
+def _fit(cfg: PrepareConfig, src: Plan) -> tuple[str | None, np.ndarray | None]:
+    """(the fit, every listed item's valid region or None). A reader that resized says how; otherwise `prepare`
+    resizes windows of one shape: letterboxed when asked, or by default when that shape is not square."""
+    if cfg.size is None:
+        return None, None
+    if src.resized:
+        return src.fit, src.regions
+    h, w = src.shape[:2]
+    fit = cfg.fit or ("letterbox" if h != w else "centre")
+    if fit == "centre":
+        return fit, None
+    return fit, np.tile(np.array(letterbox_region(h, w, cfg.size), np.int32), (len(src.ids), 1))
+
+
+def resize_letterbox(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, C) -> (N, size, size, C): long side to `size` (antialiased bilinear, as `resize_square`),
+    aspect kept, centred on PAD (at `letterbox_region`)."""
+    n, h, w, c = images.shape
+    y0, x0, rh, rw = letterbox_region(h, w, size)
+    out = np.full((n, size, size, c), PAD, np.uint8)
+    out[:, y0:y0 + rh, x0:x0 + rw] = _resize(images, rh, rw)
+    return out
+
+
+def _resize(images: np.ndarray, nh: int, nw: int, block: int = 4096) -> np.ndarray:
+    """uint8 (N, H, W, C) -> (N, nh, nw, C), antialiased bilinear (the filter of `resize_square`)."""
+    import torch
+    import torch.nn.functional as F
+    n, h, w, c = images.shape
+    out = np.empty((n, nh, nw, c), np.uint8)
+    for lo in range(0, n, block):
+        x = torch.from_numpy(images[lo:lo + block]).permute(0, 3, 1, 2).float()
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        out[lo:lo + block] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _resize_items(items: list, size: int, fit: str = "centre") -> list:
     """Bring decoded rows of one shape to size x size (an hdf5 source's window)."""
     good = [x for x, err in items if err is None]
     if not good:
         return items
-    small = iter(resize_square(np.stack(good), size))
+    small = iter((resize_letterbox if fit == "letterbox" else resize_square)(np.stack(good), size))
     return [(next(small), None) if err is None else (None, err) for x, err in items]
 
 

@@ -3,15 +3,17 @@
 Layout of a store folder:
 
     images.h5       images (N, H, W, C) uint8, labels (N,) int64, split (N,) uint8 (0 train, 1 val),
-                    ids (N,) utf-8 strings: row i is item i, forever
+                    ids (N,) utf-8 strings: row i is item i, forever; a letterboxed store also has
+                    regions (N, 4) int32, each row's valid region (y0, x0, h, w) in pixels
     manifest.json   dataset, counts, shape, classes, source, skipped items, provenance and the fingerprint
 
-The fingerprint is the sha256 of the ordered ids, pixels, labels and split. Every later artifact (teacher
+The fingerprint is the sha256 of the ordered ids, pixels, labels and split (then the regions, when the store
+has them). Every later artifact (teacher
 cache, checkpoints, features) records it, and every consumer refuses a store whose fingerprint differs.
 
 Checked as it is read, at no extra pass: `prepare` also records the sha256 of every block of `block_rows`
 consecutive rows (the HDF5 chunk, ~1 MiB) in images.h5 (`block_sha256`), and the manifest's `integrity`
-entry binds the fingerprint to those block checksums and to the labels, split and ids. Opening a store checks
+entry binds the fingerprint to those block checksums and to the labels, split, ids (and regions). Opening a store checks
 that binding and the labels and split (small); every read checks the blocks it touches. A store written
 before this existed is re-hashed once when opened.
 """
@@ -38,15 +40,22 @@ SPLITS = {"train": 0, "val": 1}
 _HASH_ROWS = 4096  # rows hashed per block: bounded memory at ImageNet size
 
 
-def fingerprint(ids, images, labels, split) -> str:
-    """sha256 over the ordered ids, then pixels, labels and split; `images` may be an h5py dataset."""
+def fingerprint(ids, images, labels, split, regions=None) -> str:
+    """sha256 over the ordered ids, then pixels, labels and split (and the valid regions of a letterboxed store,
+    when it has them); `images` may be an h5py dataset."""
     h = hashlib.sha256()
     h.update("\n".join(ids).encode())
     for start in range(0, len(labels), _HASH_ROWS):
         h.update(np.ascontiguousarray(images[start:start + _HASH_ROWS]).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(np.asarray(split, dtype=np.uint8).tobytes())
+    if regions is not None:
+        h.update(_region_bytes(regions))
     return h.hexdigest()
+
+
+def _region_bytes(regions) -> bytes:
+    return np.ascontiguousarray(regions, dtype="<i4").tobytes()
 
 
 def block_rows_for(row_bytes: int, n: int) -> int:
@@ -82,15 +91,16 @@ def _seal(fingerprint_: str, integrity: dict) -> str:
 
 
 def _size_bound(images, ids: list[str], blocks: int) -> int:
-    """Generous upper bound of the HDF5 file's size: the reservation made before writing it."""
+    """Generous upper bound of the HDF5 file's size: the reservation made before writing it (regions included)."""
     n = len(images)
-    return (int(n * int(np.prod(images.shape[1:])) * 1.01) + 9 * n + sum(len(i.encode()) + 64 for i in ids)
-            + 32 * blocks + (64 << 10))
+    return (int(n * int(np.prod(images.shape[1:])) * 1.01) + 9 * n + 17 * n
+            + sum(len(i.encode()) + 64 for i in ids) + 32 * blocks + (64 << 10))
 
 
-def _write_h5(tmp: Path, images, labels, split, ids, rows: int) -> tuple[np.ndarray, str]:
+def _write_h5(tmp: Path, images, labels, split, ids, rows: int, regions=None) -> tuple[np.ndarray, str]:
     """The whole images.h5 at the temporary `tmp`, written group of blocks by group of blocks (memory bounded
     by the group, whatever N); the block checksums and the fingerprint are computed from the same reads.
+    `regions` (N, 4) (y0, x0, h, w), a letterboxed store's valid regions, are written with the same groups.
     Returns (block digests, fingerprint); on any failure, one CompressError and no file left."""
     n = len(images)
     digests = np.empty((-(-n // rows), 32), dtype=np.uint8)
@@ -102,9 +112,13 @@ def _write_h5(tmp: Path, images, labels, split, ids, rows: int) -> tuple[np.ndar
             with h5py.File(f, "w") as h5:
                 d = h5.create_dataset("images", shape=images.shape, dtype=np.uint8,
                                       chunks=(rows,) + tuple(images.shape[1:]))
+                g = None if regions is None else h5.create_dataset("regions", shape=(n, 4), dtype="<i4",
+                                                                    chunks=(min(n, 1 << 16), 4))
                 for lo in range(0, n, group):
                     x = np.ascontiguousarray(images[lo:lo + group])
                     d[lo:lo + len(x)] = x
+                    if g is not None:
+                        g[lo:lo + len(x)] = np.asarray(regions[lo:lo + len(x)], dtype="<i4")
                     fp.update(x.tobytes())
                     for b in range(0, len(x), rows):
                         digests[(lo + b) // rows] = np.frombuffer(hashlib.sha256(x[b:b + rows]).digest(), np.uint8)
@@ -121,16 +135,23 @@ def _write_h5(tmp: Path, images, labels, split, ids, rows: int) -> tuple[np.ndar
         raise
     fp.update(np.asarray(labels, dtype=np.int64).tobytes())
     fp.update(np.asarray(split, dtype=np.uint8).tobytes())
+    for lo in range(0, n if regions is not None else 0, group):
+        fp.update(_region_bytes(regions[lo:lo + group]))
     return digests, fp.hexdigest()
 
 
 def write_image_store(out: str | Path, images, labels, split, ids, *, dataset: str,
                       classes: list[str], source: str, arguments: dict | None = None,
-                      skipped: list[dict] | None = None, locked: bool = False) -> dict:
+                      skipped: list[dict] | None = None, locked: bool = False, regions=None,
+                      fit: str | None = None) -> dict:
     """Write a store atomically (temporary names, then rename; the manifest last) and return its manifest.
 
     `images` is a uint8 (N, H, W, C) array or anything with `shape`, `dtype`, `len` and row slicing (prepare's
-    spool file), read ~64 MiB at a time. `locked`: the caller already holds the store folder's lock."""
+    spool file), read ~64 MiB at a time. `locked`: the caller already holds the store folder's lock.
+    `regions` (N, 4) int (y0, x0, h, w): each row's valid region in pixels (`prepare --fit letterbox`), stored
+    as the `regions` dataset and covered by the fingerprint; left out when every row is the whole image, so such
+    a store is byte for byte a store without regions. `fit` ("letterbox", "centre", None: not resized) is
+    recorded in the manifest."""
     out = Path(out)
     images = images if hasattr(images, "shape") and hasattr(images, "dtype") else np.asarray(images)
     if images.dtype != np.uint8 or len(images.shape) != 4:
@@ -144,29 +165,51 @@ def write_image_store(out: str | Path, images, labels, split, ids, *, dataset: s
                             f"split {len(split)}, ids {len(ids)}")
     if len(set(ids)) != n:
         raise CompressError(f"{dataset}: item ids are not unique; the row order could not be fingerprinted")
+    regions = _checked_regions(regions, n, tuple(images.shape[1:3]))
     make_dir(out, "image store folder")
+    kw = dict(dataset=dataset, classes=classes, source=source, arguments=arguments, skipped=skipped,
+              regions=regions, fit=fit)
     if locked:
-        return _write(out, images, labels, split, ids, dataset=dataset, classes=classes, source=source,
-                      arguments=arguments, skipped=skipped)
+        return _write(out, images, labels, split, ids, **kw)
     with StoreLock(out):  # one writer per store folder; a killed writer's temporaries are removed
         remove_temporaries(out)
-        return _write(out, images, labels, split, ids, dataset=dataset, classes=classes, source=source,
-                      arguments=arguments, skipped=skipped)
+        return _write(out, images, labels, split, ids, **kw)
 
 
-def _write(out: Path, images, labels, split, ids, *, dataset, classes, source, arguments, skipped) -> dict:
+def _checked_regions(regions, n: int, hw: tuple[int, int]) -> np.ndarray | None:
+    """int32 (N, 4) regions inside the image, or None when there are none or every one is the whole image."""
+    if regions is None:
+        return None
+    r = np.asarray(regions)
+    if r.shape != (n, 4) or not np.issubdtype(r.dtype, np.integer):
+        raise CompressError(f"regions must be integer (N, 4) = ({n}, 4) rows of (y0, x0, h, w), got {r.dtype} "
+                            f"{r.shape}")
+    y0, x0, h, w = r.T
+    bad = np.flatnonzero((y0 < 0) | (x0 < 0) | (h < 1) | (w < 1) | (y0 + h > hw[0]) | (x0 + w > hw[1]))
+    if len(bad):
+        raise CompressError(f"region {r[bad[0]].tolist()} of row {bad[0]} is not inside the {hw[0]}x{hw[1]} image "
+                            f"({len(bad)} such rows)")
+    if (r == np.array([0, 0, hw[0], hw[1]])).all():
+        return None
+    return r.astype("<i4")
+
+
+def _write(out: Path, images, labels, split, ids, *, dataset, classes, source, arguments, skipped, regions,
+           fit) -> dict:
     n = len(images)
     rows = block_rows_for(int(np.prod(images.shape[1:])), n)
     tmp = temp_name(out / "images.h5")
-    digests, fp = _write_h5(tmp, images, labels, split, ids, rows)
+    digests, fp = _write_h5(tmp, images, labels, split, ids, rows, regions)
     integrity = {"block_rows": rows, "blocks_sha256": _sha(digests), "labels_sha256": _sha(labels),
                  "split_sha256": _sha(split), "ids_sha256": _ids_sha(ids)}
+    if regions is not None:
+        integrity["regions_sha256"] = hashlib.sha256(_region_bytes(regions)).hexdigest()
     integrity["seal"] = _seal(fp, integrity)
     manifest = {
         "format": FORMAT, "version": VERSION, "dataset": dataset, "n": n,
         "shape": [int(s) for s in images.shape[1:]], "num_classes": len(classes), "classes": list(classes),
         "splits": {name: int((split == code).sum()) for name, code in SPLITS.items()},
-        "source": source, "skipped": skipped or [],
+        "source": source, "skipped": skipped or [], "fit": fit,
         "fingerprint": fp, "integrity": integrity,
         "provenance": provenance(arguments),
     }
@@ -304,6 +347,22 @@ class ImageStore:
             raise self._damaged("the item ids differ from the manifest's checksum")
         return ids
 
+    def regions(self) -> np.ndarray | None:
+        """int32 (N, 4) (y0, x0, h, w): each row's valid region in pixels, in a letterboxed store (`prepare --fit
+        letterbox`); None when every row is the whole image (every other store, and stores from before regions
+        existed). Read once, checked against the manifest's checksum."""
+        if not hasattr(self, "_regions"):
+            with h5py.File(self.root / "images.h5", "r") as f:
+                regions = f["regions"][:] if "regions" in f else None
+            expected = (self.manifest.get("integrity") or {}).get("regions_sha256")
+            actual = None if regions is None else hashlib.sha256(_region_bytes(regions)).hexdigest()
+            if actual != expected:
+                what = ("missing" if regions is None else "not recorded in the manifest" if expected is None
+                        else "different from the manifest's checksum")
+                raise self._damaged(f"the valid regions (images.h5 `regions`) are {what}")
+            self._regions = regions
+        return self._regions
+
     def problems(self) -> list[str]:
         """Re-hash the whole store: every bad block and a fingerprint mismatch, one line each (empty: sound)."""
         out = []
@@ -315,7 +374,7 @@ class ImageStore:
                 if hashlib.sha256(np.ascontiguousarray(block)).digest() != self.digests[k].tobytes():
                     out.append(f"rows {k * r}..{k * r + len(block) - 1} (block {k}): checksum mismatch")
             try:
-                actual = fingerprint(self.ids(), images, self.labels, self.split)
+                actual = fingerprint(self.ids(), images, self.labels, self.split, self.regions())
             except CompressError as e:
                 return out + [str(e)]
         if actual != self.fingerprint:

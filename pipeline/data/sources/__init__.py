@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 # dataset name -> module under pipeline.data.sources defining `load(dataset, source, size, workers) -> Loaded`
-# or `plan(dataset, source, size, workers, limit) -> Plan`
+# or `plan(dataset, source, size, workers, limit, fit) -> Plan`
 READERS = {
     "digits": "digits",
     "fashion-mnist": "idx",
@@ -62,13 +62,18 @@ class Plan:
     paths: list[str] | None = None  # the file of each item, for the report of undecodable ones
     resized: bool = False  # True when `read` already returns images at the requested size
     close: Callable[[], None] = lambda: None
+    fit: str | None = None  # how `read` resized ("letterbox", "centre"); None when it did not
+    regions: np.ndarray | None = None  # int32 (N, 4) (y0, x0, h, w) of each item, when `read` letterboxes
 
 
-def plan(dataset: str, source: Path | None, size: int | None, workers: int, limit: int | None) -> Plan:
-    """The source listed and cut to its first `limit` items before anything is decoded."""
+def plan(dataset: str, source: Path | None, size: int | None, workers: int, limit: int | None,
+         fit: str | None = None) -> Plan:
+    """The source listed and cut to its first `limit` items before anything is decoded. `fit` is how a reader
+    that resizes as it decodes (imagefolder) fits images to `size` (None: its default); the others leave the
+    resizing, and the fit, to `prepare`."""
     module = importlib.import_module(f"pipeline.data.sources.{READERS[dataset]}")
     if hasattr(module, "plan"):
-        return module.plan(dataset, source, size, workers, limit)
+        return module.plan(dataset, source, size, workers, limit, fit)
     d = module.load(dataset, source, size, workers)  # small embedded sets: decoded whole, then cut
     images, keep = d.images[:limit], slice(0, limit)
     return Plan(d.labels[keep], d.split[keep], d.ids[keep], d.classes, d.source, tuple(images.shape[1:]),

@@ -11,6 +11,9 @@ import sys
 import numpy as np
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+FITS = ("letterbox", "centre")  # how `--size` brings an image to the square: the whole photo, or its centre
+PAD = 0  # letterbox padding: never sampled (crops, render and the eval view stay in the region), so any value
+         # would do; 0 needs no dataset statistics and tells padding from photo at a glance
 
 
 def fit_square(img, size: int):
@@ -24,15 +27,40 @@ def fit_square(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_file(path: str, size: int | None) -> tuple[np.ndarray | None, str | None]:
-    """(uint8 (H, W, C) with C 1 for grey files and 3 otherwise, None) or (None, error message)."""
+def letterbox_region(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w): where a height x width image lands in the size x size square once its long side is resized
+    to `size` (aspect kept, centred). A square image fills the square."""
+    scale = size / max(height, width)
+    h, w = max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def fit_letterbox(img, size: int):
+    """Resize so the long side is `size` (antialiased, the same filter as `fit_square`), then pad to size x size
+    with PAD around it; the image lies at `letterbox_region`."""
+    from PIL import Image
+    y0, x0, h, w = letterbox_region(img.size[1], img.size[0], size)
+    canvas = Image.new(img.mode, (size, size), PAD)
+    canvas.paste(img.resize((w, h), Image.BICUBIC, reducing_gap=None), (x0, y0))
+    return canvas
+
+
+def decode_file(path: str, size: int | None, fit: str = "letterbox",
+                hw: tuple[int, int] | None = None) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 (H, W, C) with C 1 for grey files and 3 otherwise, None) or (None, error message).
+
+    With `size`, `fit` brings the image to size x size: "letterbox" (the default of ImageFolder sources) keeps
+    the whole image, "centre" keeps its centre square. `hw`: the (H, W) its header gave, from which the store's
+    region was computed; a file that decodes to another size is an error, not a misplaced region."""
     from PIL import Image
     try:
         with Image.open(path) as img:
             img.load()  # force a full decode: a truncated file fails here, not later
+            if hw is not None and (img.size[1], img.size[0]) != tuple(hw):
+                return None, f"decoded as {img.size[1]}x{img.size[0]}, its header says {hw[0]}x{hw[1]}"
             img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
             if size is not None:
-                img = fit_square(img, size)
+                img = fit_letterbox(img, size) if fit == "letterbox" else fit_square(img, size)
             x = np.asarray(img, dtype=np.uint8)
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad item to report
         return None, f"{type(e).__name__}: {e}"
@@ -72,8 +100,9 @@ class Decoder:
             return [fn(j) for j in jobs]
         return self.pool.map(fn, jobs, chunksize=max(1, min(chunksize, len(jobs) // (4 * self.pool._processes) or 1)))
 
-    def decode(self, paths: list[str], size: int | None) -> list[tuple[np.ndarray | None, str | None]]:
-        return self.map(_job, [(p, size) for p in paths])
+    def decode(self, paths: list[str], size: int | None, fit: str = "letterbox",
+               hws: list | None = None) -> list[tuple[np.ndarray | None, str | None]]:
+        return self.map(_job, [(p, size, fit, None if hws is None else hws[k]) for k, p in enumerate(paths)])
 
     def headers(self, paths: list[str]) -> list[tuple[tuple[int, int] | None, bool]]:
         return self.map(header, paths, chunksize=256)

@@ -24,7 +24,7 @@ def _strings(ds, limit=None) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[:limit]]
 
 
-def plan(dataset, source, size, workers, limit) -> Plan:
+def plan(dataset, source, size, workers, limit, fit=None) -> Plan:
     """Labels, split and ids read now; the pixels read window by window from the file (first `limit` rows)."""
     path = Path(source) if source is not None else None
     d = _columns(source, limit)

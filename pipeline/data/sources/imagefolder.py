@@ -4,6 +4,8 @@ Order: split (train, then val), class name, file name, all sorted, so the same t
 Without train/val subfolders the split is fixed: every fifth file of that sorted listing is val (about a
 fifth of every class, no RNG).
 Ids are the paths relative to ROOT. `--limit N` keeps the first N files of that order, before any is opened.
+With `--size` each image is letterboxed into the square by default (long side to the size, the valid region
+of each item computed from its header), or centre-cropped with `--fit centre`.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from pipeline.runtime.errors import CompressError
 from pipeline.data.sources import Plan, every_fifth_val
-from pipeline.data.sources.decode import Decoder
+from pipeline.data.sources.decode import Decoder, letterbox_region
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -47,8 +49,9 @@ def _listing(root: Path) -> tuple[list[Path], list[str], np.ndarray, list[str]]:
     return paths, names, every_fifth_val(len(paths)) if parts[0][0] is None else split, classes
 
 
-def plan(dataset, source, size, workers, limit) -> Plan:
-    """The sorted listing cut to `limit` files; headers read (no pixels) to fix the stored shape up front."""
+def plan(dataset, source, size, workers, limit, fit=None) -> Plan:
+    """The sorted listing cut to `limit` files; headers read (no pixels) to fix the stored shape, and the
+    letterboxed regions, up front. `fit` (with `size`): "letterbox" (None: the default) or "centre"."""
     if source is None or not Path(source).is_dir():
         raise CompressError(f"--dataset imagefolder needs --source ROOT, a folder of class folders; "
                             f"got {str(source)!r}")
@@ -71,13 +74,19 @@ def plan(dataset, source, size, workers, limit) -> Plan:
     except BaseException:
         decoder.close()
         raise
+    fit = (fit or "letterbox") if size is not None else None
+    hws = [h for h, _ in heads]
+    regions = None
+    if fit == "letterbox":  # an unreadable header's file fails to decode: its placeholder row is never stored
+        regions = np.array([letterbox_region(*h, size) if h is not None else (0, 0, size, size) for h in hws],
+                           dtype=np.int32).reshape(-1, 4)
 
     def read(lo: int, hi: int):
-        items = decoder.decode(files[lo:hi], size)
+        items = decoder.decode(files[lo:hi], size, fit or "centre", hws[lo:hi] if regions is not None else None)
         return [(np.repeat(x, 3, axis=2) if x is not None and x.shape[2] < channels else x, err)
                 for x, err in items]
 
     index = {c: k for k, c in enumerate(classes)}
     return Plan(np.array([index[c] for c in names], dtype=np.int64), split,
                 [p.relative_to(root).as_posix() for p in paths], classes, str(root), (*hw, channels), read,
-                paths=files, resized=size is not None, close=decoder.close)
+                paths=files, resized=size is not None, close=decoder.close, fit=fit, regions=regions)
