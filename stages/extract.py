@@ -73,14 +73,16 @@ class ExtractConfig:
     progress: bool = setting(True, "A progress bar (--no-progress for logs, CI).")
 
 
-def view_crops(spec: CacheSpec, k: int, lo: int, hi: int, image_hw: tuple[int, int], crop_fraction: float):
-    """(rows, V, 5) crops of shard k: a function of (view seed, k) only, so any rank reproduces them."""
-    crops = [center_crops(hi - lo, crop_fraction)]
+def view_crops(spec: CacheSpec, k: int, lo: int, hi: int, image_hw: tuple[int, int], crop_fraction: float,
+               regions=None):
+    """(rows, V, 5) crops of shard k: a function of (view seed, k) only (and of the store's valid regions
+    `regions` (rows, 4) of a letterboxed store, inside which every view lies), so any rank reproduces them."""
+    crops = [center_crops(hi - lo, crop_fraction, image_hw, regions)]
     if spec.views > 1:
         p = spec.view_params
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([p["seed"], k]).generate_state(1)[0]))
-        crops += [sample_crops(hi - lo, generator, image_hw, tuple(p["scale"]), tuple(p["ratio"]), p["flip"])
-                  for _ in range(spec.views - 1)]
+        crops += [sample_crops(hi - lo, generator, image_hw, tuple(p["scale"]), tuple(p["ratio"]), p["flip"],
+                               regions=regions) for _ in range(spec.views - 1)]
     return torch.stack(crops, dim=1)
 
 
@@ -94,6 +96,9 @@ class ReadAhead:
     def __init__(self, store: ImageStore, stop: int, pool: ThreadPoolExecutor):
         self.store, self.stop, self.pool = store, stop, pool
         self.ahead: tuple[int, int, Future] | None = None
+
+    def regions(self):
+        return self.store.regions()
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         if self.ahead is not None and self.ahead[:2] == (lo, hi):
@@ -203,7 +208,9 @@ def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
                 pending: Future | None = None
                 for k in todo:
                     lo, hi = writer.rows(k)
-                    crops = view_crops(spec, k, lo, hi, store.shape[1:3], prep["crop_fraction"])
+                    regions = store.regions()
+                    crops = view_crops(spec, k, lo, hi, store.shape[1:3], prep["crop_fraction"],
+                                       None if regions is None else regions[lo:hi])
                     z = _embed_shard(teacher, store, spec, prep, lo, hi, crops, cfg.batch_size, device, bar, reader)
                     if pending is not None:
                         pending.result()

@@ -109,6 +109,7 @@ class Step:
     rank: int = 0
     world_size: int = 1
     checkpoint_path: Path | None = None  # named in the error when the loss is not finite
+    regions: torch.Tensor | None = None  # (N, 4) valid regions (y0, x0, h, w) of a letterboxed store; None: whole
     preprocessing: dict = field(init=False)
 
     def __post_init__(self):
@@ -125,9 +126,13 @@ class Step:
             v = torch.randint(rows.shape[1], (cfg.batch_size * self.world_size,), generator=gen)[self.mine]
             return rows[idx_dev, v.to(self.device)].float(), [(self.teacher_crops[idx, v], None)]
         drawn = [sample_views(self.recipe, cfg.batch_size * self.world_size, gen, self.image_hw,
-                              cfg.crop_scale_min, cfg.hflip) for _ in range(self.method.views)]
-        drawn = [(c[self.mine], None if k is None else k[self.mine]) for c, k in drawn]
+                              cfg.crop_scale_min, cfg.hflip, regions=self._regions(idx), share=self.mine)
+                 for _ in range(self.method.views)]
         return (rows[idx_dev].float() if rows is not None else None), drawn
+
+    def _regions(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The batch's valid regions (crops are drawn and rendered inside them), None for whole images."""
+        return None if self.regions is None else self.regions[idx]
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
@@ -139,13 +144,14 @@ class Step:
         idx_dev = idx.to(self.device)
         images = images.to(self.device, non_blocking=True)
         t, drawn = self._views(counter_generator(cfg.seed, i), idx, idx_dev)  # augmentations: f(seed, step)
-        views = [self._channels(render(images, c, cfg.input_size, pre["mean"], pre["std"], color=k))
-                 for c, k in drawn]
+        regions = self._regions(idx)
+        views = [self._channels(render(images, c, cfg.input_size, pre["mean"], pre["std"], color=k,
+                                       regions=regions)) for c, k in drawn]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             if self.live is not None:  # the same crop, with the teacher's own normalisation
                 t = self.live(self._channels(render(images, drawn[0][0], cfg.input_size, self.live.mean,
-                                                    self.live.std, color=drawn[0][1])))
+                                                    self.live.std, color=drawn[0][1], regions=regions)))
             y = self.labels[idx_dev] if self.method.needs_labels else None
             loss, logs = self.model(views, t, y, idx_dev)
         if _any_rank(not bool(torch.isfinite(loss.detach())), self.device):
@@ -265,7 +271,8 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
         write_config(cfg, out, identity)
     step_fn = Step(cfg, device, method, _distributed(method, device, world), optimizer, scaler, lrs,
                    tuple(store.manifest["shape"][:2]), torch.from_numpy(store.labels).to(device), rows, crops,
-                   live, world.rank, world.world_size, ckpt)
+                   live, world.rank, world.world_size, ckpt,
+                   regions=None if store.regions() is None else torch.from_numpy(store.regions()))
     return Run(cfg, world, out, store, identity, log, loader, step_fn, teacher, step)
 
 

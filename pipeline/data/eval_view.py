@@ -10,11 +10,15 @@ from the same pixels.
 `preprocessing["resize"]` names the filter of the release: "bilinear" (torchvision's default, used by the
 MoCo, SwAV and SimCLR-in-PyTorch evaluations and by this project's own models) or "bicubic" (DINO, DINOv2).
 A model file written before the key existed is read as bilinear.
+
+On a letterboxed store (`prepare --fit letterbox`) the view is taken from each row's valid region, the photo
+without its padding: Resize(S) -> CenterCrop of the region, as the release's transform does on the photo.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,22 +59,39 @@ def resized_hw(height: int, width: int, side: int) -> tuple[int, int]:
     return int(side * height / width), side
 
 
-def eval_view(images: torch.Tensor, preprocessing: dict) -> torch.Tensor:
+def eval_view(images: torch.Tensor, preprocessing: dict, regions=None) -> torch.Tensor:
     """uint8 (N, H, W, C) on any device -> normalised float (N, 3, input_size, input_size) on that device.
 
     Grey images stay one channel until the normalisation broadcasts them to three (as `augment.render`).
+    `regions` (N, 4) (y0, x0, h, w) px, a letterboxed store's valid regions: each row's region is resized and
+    centre-cropped instead of the whole stored square, so the padding is never part of the view (rows sharing
+    a region size go through one batched resize). None: the whole image.
     """
     size, side, mode = int(preprocessing["input_size"]), resize_side(preprocessing), resize_filter(preprocessing)
     x = images.permute(0, 3, 1, 2).float()
+    if regions is None:
+        x = _resize_centre(x, size, side, mode)
+    else:
+        regions = np.asarray(torch.as_tensor(regions).cpu(), dtype=np.int64).reshape(len(x), 4)
+        kinds, which = np.unique(regions, axis=0, return_inverse=True)
+        out = x.new_empty((len(x), x.shape[1], size, size))
+        for k, (y0, x0, h, w) in enumerate(kinds):
+            rows = torch.from_numpy(np.flatnonzero(which.reshape(-1) == k)).to(x.device)
+            out[rows] = _resize_centre(x[rows, :, y0:y0 + h, x0:x0 + w], size, side, mode)
+        x = out
+    mean = torch.as_tensor(preprocessing["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(preprocessing["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _resize_centre(x: torch.Tensor, size: int, side: int, mode: str) -> torch.Tensor:
+    """float 0-255 (N, C, H, W) -> [0, 1] (N, C, size, size): Resize(side) on the short side, CenterCrop(size)."""
     h, w = resized_hw(x.shape[2], x.shape[3], side)
     if (h, w) != tuple(x.shape[2:]):
         x = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
         x = x.round_().clamp_(0, 255)  # the uint8 image the official pipelines crop
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))  # torchvision's CenterCrop
-    x = x[:, :, top:top + size, left:left + size].div_(255)
-    mean = torch.as_tensor(preprocessing["mean"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.as_tensor(preprocessing["std"], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return x[:, :, top:top + size, left:left + size].div_(255)
 
 
 def describe(preprocessing: dict) -> str:

@@ -59,14 +59,17 @@ def train_augmented_probe(backbone: torch.nn.Module, store: ImageStore, train_in
     loader = BatchLoader(store, train_indices, bs, seed=cfg.seed, drop_last=False)
     generator = torch.Generator().manual_seed(cfg.seed)  # the crops; the loader's order has its own seed
     image_hw = tuple(store.shape[1:3])
+    regions = store.regions()  # a letterboxed store's valid regions: crops stay inside them
+    regions = None if regions is None else torch.from_numpy(regions)
     size, mean, std = preprocessing["input_size"], preprocessing["mean"], preprocessing["std"]
     backbone = backbone.to(device).eval()
     before = snapshot(backbone)
 
     def batches(epoch: int):
         for idx, images in loader.epoch(epoch):
-            crops = sample_crops(len(idx), generator, image_hw, cfg.crop_scale, cfg.crop_ratio, cfg.flip)
-            views = render(images.to(device, non_blocking=True), crops, size, mean, std)
+            r = None if regions is None else regions[idx]
+            crops = sample_crops(len(idx), generator, image_hw, cfg.crop_scale, cfg.crop_ratio, cfg.flip, regions=r)
+            views = render(images.to(device, non_blocking=True), crops, size, mean, std, regions=r)
             with torch.no_grad():
                 features = backbone(views)
             yield features, labels[idx].to(device)
