@@ -33,6 +33,7 @@ from pipeline.runtime.atomic import io_error, make_dir, remove_temporaries, temp
 from pipeline.runtime.errors import CompressError
 from pipeline.runtime.provenance import provenance
 from pipeline.data.reserved import ReservedFile
+from pipeline.data.storereader import StoreReader
 
 FORMAT = "compress-cache/image-store"
 VERSION = 1
@@ -257,6 +258,7 @@ class ImageStore:
             raise CompressError(f"{self.root}: manifest says {self.manifest['n']} images, file holds "
                                 f"{self.shape[0]}; re-run `compress-cache prepare`")
         self._lock = threading.Lock()  # the extract read-ahead thread and the main thread share the edge block
+        self._readers = threading.local()  # one open handle per reading thread (storereader.py)
         self._edge: tuple[int, np.ndarray] | None = None  # the last block read (checked), for sequential reads
         integrity = self.manifest.get("integrity")
         if integrity is None:  # written before block checksums existed: one full pass, now
@@ -330,14 +332,18 @@ class ImageStore:
                 parts.append(self._edge[1])
                 b += 1
             if b <= last:
-                with h5py.File(self.root / "images.h5", "r") as f:
-                    fresh = f["images"][b * r:min((last + 1) * r, self.n)]
-                for k in range(b, last + 1):
-                    self._check_block(k, fresh[(k - b) * r:(k - b + 1) * r])
+                fresh = self.reader().read_blocks(b, last)  # checked block by block
                 parts.append(fresh)
                 self._edge = (last, fresh[(last - b) * r:].copy())  # a copy: callers may write to what they get
         rows = parts[0] if len(parts) == 1 and b == first else np.concatenate(parts)
         return rows[start - first * r:stop - first * r]
+
+    def reader(self) -> StoreReader:
+        """This thread's open handle on images.h5 (opened on first use, kept while the thread lives)."""
+        reader = getattr(self._readers, "reader", None)
+        if reader is None:
+            reader = self._readers.reader = StoreReader(self)
+        return reader
 
     def ids(self) -> list[str]:
         with h5py.File(self.root / "images.h5", "r") as f:

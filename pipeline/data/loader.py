@@ -1,59 +1,117 @@
-"""Batches of (dataset indices, uint8 images) from an image store, in a seeded order.
+"""Batches of (dataset indices, uint8 images) from an image store, in a seeded order, read ahead in a thread.
 
 The order of an epoch is a function of (seed, epoch) only, so a resumed run sees the same batches, and it
 does not depend on the number of processes: rank r of W takes slice r of every global batch.
 
-Two read modes, chosen by the store's size (or forced with `in_memory`):
+Two read modes, decided once for all ranks by comparing the training rows' bytes with a per-node budget
+(`memory_limit`, the trainer's --loader-memory; forced with `in_memory`):
 
-- in memory: the whole uint8 array is read once; an epoch is a full random permutation.
-- paged (FFCV's quasi-random order): the rows are cut into pages of consecutive rows, the pages are shuffled,
-  and the rows inside each window of `window_pages` pages are shuffled again. A page is read from HDF5 as one
-  contiguous block the first time a batch needs it and dropped after its last use, so RAM holds about one
-  window and every read is sequential.
+- in RAM: the checked training rows are read once into one copy per node (nodecopy.py: the node's ranks share
+  it); an epoch is a full random permutation.
+- paged (FFCV's quasi-random order): pages of `page_rows` consecutive store rows (whole checked blocks) are
+  shuffled, and the rows inside each window of `window_pages` pages are shuffled again. A page is read from
+  images.h5 the first time one of this rank's batches needs it and dropped after its last use, so RAM holds
+  about one window and every read is one contiguous run of blocks.
 
-Batches stay uint8 (a quarter of float32 traffic); with `pin_memory` they come in page-locked memory so the
-host-to-device copy can be asynchronous. Crops, flips and normalisation happen on the device (augment.py).
+A background thread builds the batches `prefetch` ahead of the consumer: it reads and checks blocks (reads and
+hashing release the GIL) and gathers each batch with np.take into a buffer of its own, page-locked when CUDA
+is there, so the host-to-device copy can be asynchronous. A batch's images are valid until the next batch
+is asked for (CPU buffers are reused; torch's pinned allocator recycles page-locked ones once their copies
+are done): clone what you keep. An error in the thread (a damaged block) is raised in the consumer.
+Batches stay uint8 (a quarter of float32 traffic); crops, flips and normalisation happen on the device.
 """
 from __future__ import annotations
 
-import os
+import queue
+import sys
+import threading
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from pipeline.data.imagestore import ImageStore
+from pipeline.data.nodecopy import Node, node_copy
+from pipeline.runtime.memory import node_ram, parse_size
 
-
-def _default_memory_limit() -> int:
-    """A quarter of physical RAM: room for the model, the teacher cache and other processes."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 4 << 30
+def memory_budget(text: str) -> int:
+    """Bytes of RAM the node may spend on its one in-RAM copy of the training images (--loader-memory):
+    "auto" is a quarter of the node's RAM (room for the model, the teacher cache and other processes), "0"
+    always pages, a size such as 8G or 512M is taken as given. A bad value is a one-line CompressError."""
+    size = parse_size(text, "--loader-memory")
+    return node_ram() // 4 if size is None else size
 
 
 class BatchLoader:
     def __init__(self, store: ImageStore, indices: np.ndarray, batch_size: int, *, seed: int,
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
                  in_memory: bool | None = None, memory_limit: int | None = None, page_rows: int | None = None,
-                 window_pages: int = 16, pin_memory: bool | None = None):
-        """`in_memory=None` reads the store into RAM when it is under `memory_limit` bytes (default a quarter
-        of RAM), else pages it. `page_rows` defaults to about 1 MiB of rows; `pin_memory=None` pins when CUDA
-        is available."""
+                 window_pages: int = 16, pin_memory: bool | None = None, prefetch: int = 2,
+                 node: Node | None = None):
+        """`in_memory=None` holds the training rows in RAM when they fit `memory_limit` bytes per node (default
+        a quarter of the node's RAM), else pages them. `page_rows` defaults to whole blocks, about 4 MiB;
+        `window_pages` 16; `prefetch` 2 batches ahead (0: build each batch when asked, in this thread);
+        `pin_memory=None` pins when CUDA is available; `node` says which ranks share this node's copy (one
+        process by default)."""
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size  # per process
         self.global_batch = batch_size * world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.rank, self.world_size = rank, world_size
-        row_bytes = int(np.prod(store.shape[1:]))
-        limit = _default_memory_limit() if memory_limit is None else memory_limit
-        self.in_memory = (len(self.indices) * row_bytes <= limit) if in_memory is None else in_memory
-        self.page_rows = page_rows or max(1, (1 << 20) // max(1, row_bytes))
-        self.window_pages = window_pages
+        self.row_shape = tuple(store.shape[1:])
+        row_bytes = int(np.prod(self.row_shape))
+        block = store.block_rows
+        self.page_rows = page_rows or block * max(1, (4 << 20) // max(1, block * row_bytes))
+        self.window_pages, self.prefetch = window_pages, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.images = torch.from_numpy(store.read()) if self.in_memory else None
+        self.node = node or Node()
+        self.memory_limit = memory_budget("auto") if memory_limit is None else memory_limit
+        self.train_bytes = len(self.indices) * row_bytes
+        if in_memory is None:  # rank 0's decision: the read mode decides the order, so every rank must agree
+            in_memory = bool(self.node.agree(self.train_bytes <= self.memory_limit))
+        # in RAM, row k of `images` is indices[_sorter[k]]: filled by one sequential pass over the store
+        self._sorter = np.argsort(self.indices, kind="stable")
+        self.images = self._load() if in_memory else None
+        self.in_memory = self.images is not None
+
+    def _load(self) -> np.ndarray | None:
+        shape = (len(self.indices),) + self.row_shape
+        if len(self.indices) == 0:
+            return np.empty(shape, dtype=np.uint8)
+        images = node_copy(self.node, shape, self._fill, self.store.fingerprint)
+        if images is not None:
+            self._ram_row = np.empty_like(self._sorter)
+            self._ram_row[self._sorter] = np.arange(len(self._sorter))
+        return images
+
+    def _fill(self, out: np.ndarray) -> None:
+        """The training rows, in sorted-index order, read ~64 MiB of checked blocks at a time."""
+        rows = self.indices[self._sorter]
+        r, reader = self.store.block_rows, self.store.reader()
+        group = max(1, (64 << 20) // max(1, r * int(np.prod(self.row_shape))))
+        scratch = None
+        for g0 in range(int(rows[0]) // r, int(rows[-1]) // r + 1, group):
+            g1 = min(g0 + group, -(-self.store.n // r)) - 1
+            a, b = np.searchsorted(rows, [g0 * r, (g1 + 1) * r])
+            if a == b:
+                continue
+            lo, hi = g0 * r, min((g1 + 1) * r, self.store.n)
+            if b - a == hi - lo:  # every row of these blocks is a training row: read straight into place
+                reader.read_blocks(g0, g1, out=out[a:b])
+                continue
+            if scratch is None:
+                scratch = np.empty((group * r,) + self.row_shape, dtype=np.uint8)
+            block = reader.read_blocks(g0, g1, out=scratch[:hi - lo])
+            np.take(block, rows[a:b] - lo, axis=0, out=out[a:b])
+
+    def describe(self) -> dict:
+        """What the run log records about the read mode."""
+        return {"mode": "ram" if self.in_memory else "paged", "train_bytes": self.train_bytes,
+                "memory_limit": self.memory_limit, "node_processes": self.node.local_size,
+                "page_rows": self.page_rows, "window_pages": self.window_pages, "prefetch": self.prefetch,
+                "direct_reads": self.store.reader().direct}
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -61,69 +119,180 @@ class BatchLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's dataset indices, in the order all ranks together consume them."""
+        return self.indices[self._positions(epoch)]
+
+    def _positions(self, epoch: int) -> np.ndarray:
+        n = len(self.indices)
         if not self.shuffle:
-            return self.indices
+            return np.arange(n)
         rng = np.random.default_rng([self.seed, epoch])
         if self.in_memory:
-            return self.indices[rng.permutation(len(self.indices))]
-        return self.indices[self._page_order(rng)]
-
-    def _page_order(self, rng: np.random.Generator) -> np.ndarray:
-        """Positions into `indices`: shuffled pages, rows shuffled within windows of `window_pages` pages."""
-        n, p = len(self.indices), self.page_rows
-        pages = rng.permutation(-(-n // p))
-        rows = np.concatenate([np.arange(q * p, min((q + 1) * p, n)) for q in pages]) if n else pages
-        span = p * self.window_pages
-        for lo in range(0, n, span):
-            rows[lo:lo + span] = rows[lo:lo + span][rng.permutation(len(rows[lo:lo + span]))]
-        return rows
+            return rng.permutation(n)
+        # pages of store rows, visited in a random order; rows shuffled inside each window of pages
+        pages, page_of = np.unique(self.indices // self.page_rows, return_inverse=True)
+        visit = np.empty(len(pages), dtype=np.int64)
+        visit[rng.permutation(len(pages))] = np.arange(len(pages))
+        window = visit[page_of] // self.window_pages
+        return np.lexsort((rng.random(n), window))
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order(epoch)
-        pages = None if self.in_memory else _PageCache(self, order)
-        for b in range(start_batch, len(self)):
-            batch = order[b * self.global_batch:(b + 1) * self.global_batch]
-            mine = torch.from_numpy(batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size])
-            images = self.images[mine] if pages is None else pages.gather(mine.numpy(), b)
-            yield mine, (images.pin_memory() if self.pin_memory else images)
+        pos = self._positions(epoch)
+        g, b = self.global_batch, self.batch_size
+        mine = [pos[k * g:(k + 1) * g][self.rank * b:(self.rank + 1) * b] for k in range(start_batch, len(self))]
+        if self.in_memory:
+            source = _RamRows(self.images, self._ram_row)
+        else:
+            source = _Pages(self.store, self.indices, self.page_rows, mine)
+        batches = _Batches(source, self.indices, mine, (b,) + self.row_shape, self.pin_memory)
+        if self.prefetch <= 0:
+            return (batches.build(k) for k in range(len(mine)))
+        return _ahead(batches, len(mine), self.prefetch)
 
 
-class _PageCache:
-    """Pages of consecutive `indices` positions, read as contiguous blocks and freed after their last use."""
+class _RamRows:
+    """Batches gathered from the node's in-RAM copy."""
 
-    def __init__(self, loader: BatchLoader, order: np.ndarray):
-        self.loader = loader
-        idx = loader.indices
-        self.sorter = np.argsort(idx, kind="stable")
-        self.p = loader.page_rows
-        # last global batch that touches each page, so a page is dropped right after it
-        page_of_order = self.position(order) // self.p
-        self.last = np.zeros(-(-len(idx) // self.p), dtype=np.int64)
-        np.maximum.at(self.last, page_of_order, np.arange(len(order)) // loader.global_batch)
-        self.pages: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, images: np.ndarray, ram_row: np.ndarray):
+        self.images, self.ram_row = images, ram_row
 
-    def position(self, rows: np.ndarray) -> np.ndarray:
-        """Dataset indices -> their positions in `indices`."""
-        idx = self.loader.indices
-        return self.sorter[np.searchsorted(idx, rows, sorter=self.sorter)]
+    def gather(self, k: int, positions: np.ndarray, out: np.ndarray) -> None:
+        np.take(self.images, self.ram_row[positions], axis=0, out=out)
 
-    def _page(self, q: int) -> tuple[np.ndarray, np.ndarray]:
-        if q not in self.pages:
-            rows = self.loader.indices[q * self.p:(q + 1) * self.p]
-            lo, hi = int(rows.min()), int(rows.max()) + 1
-            block = self.loader.store.read(lo, hi)  # one contiguous read, even for a strided split
-            self.pages[q] = (rows, block[rows - lo] if hi - lo != len(rows) else block)
-        return self.pages[q]
 
-    def gather(self, rows: np.ndarray, batch: int) -> torch.Tensor:
-        pos = self.position(rows)
-        shape = self.loader.store.shape[1:]
-        out = np.empty((len(rows),) + tuple(shape), dtype=np.uint8)
-        for q in np.unique(pos // self.p):
-            _, block = self._page(int(q))
-            m = pos // self.p == q
-            out[m] = block[pos[m] - q * self.p]
-        for q in [q for q in self.pages if self.last[q] <= batch]:
-            del self.pages[q]
-        return torch.from_numpy(out)
+class _Pages:
+    """This rank's batches gathered from pages read into the slots of one arena. Each page is read (and its
+    blocks checked) for the first of this rank's batches that needs it, and its slot is free again after the
+    last: the slot schedule is planned up front, so the arena has exactly the peak number of live pages."""
 
+    def __init__(self, store: ImageStore, indices: np.ndarray, page_rows: int, mine: list[np.ndarray]):
+        self.store, self.p = store, page_rows
+        self.rows = [indices[m] for m in mine]
+        page_ids = [r // page_rows for r in self.rows]
+        last: dict[int, int] = {}
+        for k, q in enumerate(page_ids):
+            for page in np.unique(q).tolist():
+                last[page] = k
+        free, self.slot, self.new = [], {}, []
+        count = 0
+        for k, q in enumerate(page_ids):
+            fresh = [page for page in np.unique(q).tolist() if page not in self.slot]
+            for page in fresh:
+                if not free:
+                    free.append(count)
+                    count += 1
+                self.slot[page] = free.pop()
+            self.new.append([(page, self.slot[page]) for page in fresh])
+            # a page dies after its last batch; its slot is reused from the next batch on
+            free.extend(self.slot[page] for page in np.unique(q).tolist() if last[page] == k)
+        self.src = [self._src(r, q) for r, q in zip(self.rows, page_ids)]  # arena rows of each batch
+        self.arena = np.empty((count * page_rows,) + tuple(store.shape[1:]), dtype=np.uint8)
+
+    def _src(self, rows: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(pages, return_inverse=True)
+        slots = np.array([self.slot[q] for q in unique.tolist()], dtype=np.int64)
+        return slots[inverse] * self.p + rows - pages * self.p
+
+    def gather(self, k: int, positions: np.ndarray, out: np.ndarray) -> None:
+        for page, slot in self.new[k]:
+            self._read(page, slot)
+        np.take(self.arena, self.src[k], axis=0, out=out)
+
+    def _read(self, page: int, slot: int) -> None:
+        r, n = self.store.block_rows, self.store.n
+        lo, hi = page * self.p, min((page + 1) * self.p, n)
+        dest = self.arena[slot * self.p:slot * self.p + hi - lo]
+        first, last = lo // r, (hi - 1) // r
+        reader = self.store.reader()
+        if lo % r == 0 and (hi % r == 0 or hi == n):  # whole blocks: straight into the slot
+            reader.read_blocks(first, last, out=dest)
+            return
+        block = reader.read_blocks(first, last)
+        dest[:] = block[lo - first * r:hi - first * r]
+
+
+class _Batches:
+    """Builds batch k (its dataset indices and its images) into a buffer; reuses CPU buffers nobody holds."""
+
+    def __init__(self, source, indices: np.ndarray, mine: list[np.ndarray], shape: tuple, pin: bool):
+        self.source, self.indices, self.mine = source, indices, mine
+        self.shape, self.pin = shape, pin
+        self.spare: queue.SimpleQueue = queue.SimpleQueue()
+
+    def buffer(self) -> torch.Tensor:
+        if self.pin:  # torch's pinned allocator reuses a block only after the copies that read it are done
+            return torch.empty(self.shape, dtype=torch.uint8, pin_memory=True)
+        try:
+            return self.spare.get_nowait()
+        except queue.Empty:
+            return torch.empty(self.shape, dtype=torch.uint8)
+
+    def give_back(self, images: torch.Tensor) -> None:
+        """`images` was yielded two batches ago: reuse it unless the consumer still holds it (the references
+        counted are the caller's name, this parameter and getrefcount's own argument)."""
+        if not self.pin and len(images) == self.shape[0] and sys.getrefcount(images) <= 3:
+            self.spare.put(images)
+
+    def build(self, k: int, buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = self.mine[k]
+        full = len(positions) == self.shape[0]
+        images = (buffer if buffer is not None else self.buffer()) if full else \
+            torch.empty((len(positions),) + self.shape[1:], dtype=torch.uint8, pin_memory=self.pin)
+        self.source.gather(k, positions, images.numpy())
+        return torch.from_numpy(self.indices[positions]), images
+
+
+_END = object()
+
+
+def _ahead(batches: _Batches, count: int, depth: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields batches.build(k) for k < count, built by a thread up to `depth` batches ahead. The thread stops
+    when this generator is closed (a consumer that breaks early) and its errors are raised here."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for k in range(count):
+                if stop.is_set():
+                    return
+                if not put(batches.build(k)):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=work, name="compress-cache-loader", daemon=True)
+    thread.start()
+    held: deque = deque()
+    try:
+        while True:
+            try:
+                item = ready.get(timeout=1.0)
+            except queue.Empty:
+                if not thread.is_alive() and ready.empty():
+                    raise RuntimeError("the loader thread ended without a batch or an error") from None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            # the consumer is back; two batches on, only a consumer that keeps batches still refers to one
+            held.append(item[1])
+            del item
+            if len(held) > 2:
+                old = held.popleft()
+                batches.give_back(old)
+                del old
+    finally:
+        stop.set()
+        thread.join()
