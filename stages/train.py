@@ -25,7 +25,8 @@ from torch import nn
 
 from pipeline.data.augment import RECIPES, render, sample_views
 from pipeline.data.imagestore import ImageStore
-from pipeline.data.loader import BatchLoader
+from pipeline.data.loader import BatchLoader, memory_budget
+from pipeline.data.nodecopy import node_of
 from pipeline.methods import DataInfo, Method, build_method, method_needs_teacher
 from pipeline.models.backbones import build_backbone, check_input_size
 from pipeline.models.modelfile import default_preprocessing, save_model
@@ -40,6 +41,9 @@ from pipeline.runtime.schedules import lr_schedule
 from pipeline.runtime.seeding import counter_generator
 from stages.run_folder import check_config, lock_run, write_config
 from stages.train_config import TrainConfig, check_settings
+
+_READ_LOSSES_EVERY = 50  # steps between reads of the losses from a GPU (each read waits for the device)
+
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on any rank: all processes stop together, none waits forever."""
@@ -141,7 +145,7 @@ class Step:
         cfg, pre = self.cfg, self.preprocessing
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lrs[i])
-        idx_dev = idx.to(self.device)
+        idx_dev = idx.to(self.device, non_blocking=True)  # pinned by the loader on CUDA: no wait for the device
         images = images.to(self.device, non_blocking=True)
         t, drawn = self._views(counter_generator(cfg.seed, i), idx, idx_dev)  # augmentations: f(seed, step)
         regions = self._regions(idx)
@@ -154,17 +158,23 @@ class Step:
                                                     self.live.std, color=drawn[0][1], regions=regions)))
             y = self.labels[idx_dev] if self.method.needs_labels else None
             loss, logs = self.model(views, t, y, idx_dev)
-        if _any_rank(not bool(torch.isfinite(loss.detach())), self.device):
-            kept = (f"the last good checkpoint {self.checkpoint_path} is intact"
-                    if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written")
-            raise CompressError(f"non-finite loss {loss.item()} at step {i}; {kept}, no model.pt - lower --lr or "
-                                f"use --amp none")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step()
         return loss.detach(), logs
+
+    def check_losses(self, steps: list[int], losses: list[float]) -> None:
+        """Stop every rank when a loss of `steps` (0-based) is not finite. The trainer reads losses from the device
+        in groups (a read waits for the device), and always before a checkpoint: the steps after a bad one may have
+        run, but nothing is written after it - the last good checkpoint stays, and no model.pt."""
+        bad = next((k for k, v in enumerate(losses) if not np.isfinite(v)), None)
+        if _any_rank(bad is not None, self.device):
+            kept = (f"the last good checkpoint {self.checkpoint_path} is intact"
+                    if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written")
+            what = f"{losses[bad]} at step {steps[bad]}" if bad is not None else f"on another rank by step {steps[-1]}"
+            raise CompressError(f"non-finite loss {what}; {kept}, no model.pt - lower --lr or use --amp none")
 
 
 @dataclass
@@ -223,7 +233,9 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
     # ------------------------------------------------------------------ data
     train_indices = store.indices("train")
     loader = BatchLoader(store, train_indices, cfg.batch_size, seed=cfg.seed, rank=world.rank,
-                         world_size=world.world_size)
+                         world_size=world.world_size, memory_limit=memory_budget(cfg.loader_memory),
+                         pin_memory=device.type == "cuda", node=node_of(world))
+    log.event("loader", loader.describe())
     if len(loader) == 0:
         raise CompressError(f"--batch-size {cfg.batch_size} x {world.world_size} processes is larger than the "
                             f"{len(train_indices)} training images; use a smaller batch")
@@ -289,21 +301,44 @@ def _distributed(method: Method, device: torch.device, world: distributed.World)
 
 
 def _train_epoch(run: Run) -> None:
-    """The rest of the current epoch (a resumed run starts inside one), then its log line, checkpoint, snapshot."""
+    """The rest of the current epoch (a resumed run starts inside one), then its log line, checkpoint, snapshot.
+
+    Losses stay on the device and are read every `_READ_LOSSES_EVERY` steps on a GPU (every step on the CPU,
+    where nothing runs ahead), before each checkpoint and at the end: one wait for the device per read, not one
+    per step. Every step's loss is still logged, with its own step number."""
     cfg, step_fn, loader = run.cfg, run.step_fn, run.loader
     epoch, first = divmod(run.step, len(loader))
     step_fn.method.train()
-    t0, seen, losses = time.perf_counter(), 0, []
-    for idx, images in run.log.progress(loader.epoch(epoch, first), epoch, len(loader), first):
-        loss, logs = step_fn(run.step, idx, images)
-        run.step += 1
-        seen += len(idx) * run.world.world_size
-        losses.append(loss.item())
-        run.log.batch(run.step, losses[-1], float(step_fn.lrs[run.step - 1]), logs)
-        if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
-            _checkpoint(run, epoch)
-        if run.step == run.total:  # a --steps budget can end inside an epoch
-            break
+    every = 1 if step_fn.device.type == "cpu" else _READ_LOSSES_EVERY
+    t0, seen, losses, pending = time.perf_counter(), 0, [], []
+
+    def read_losses() -> None:  # at the same steps on every rank: check_losses is a collective
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss, _ in pending]).float().tolist()
+        step_fn.check_losses([s - 1 for s, _, _ in pending], values)
+        for (s, _, logs), v in zip(pending, values):
+            losses.append(v)
+            run.log.batch(s, v, float(step_fn.lrs[s - 1]), logs)
+        pending.clear()
+
+    batches = loader.epoch(epoch, first)
+    try:
+        for idx, images in run.log.progress(batches, epoch, len(loader), first):
+            loss, logs = step_fn(run.step, idx, images)
+            run.step += 1
+            seen += len(idx) * run.world.world_size
+            pending.append((run.step, loss, logs))
+            checkpoint_due = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
+            if checkpoint_due or len(pending) >= every:
+                read_losses()
+            if checkpoint_due:
+                _checkpoint(run, epoch)
+            if run.step == run.total:  # a --steps budget can end inside an epoch
+                break
+        read_losses()
+    finally:
+        batches.close()  # stops the loader's read-ahead thread, also when a step raised
     elapsed = time.perf_counter() - t0
     run.log.epoch({"epoch": epoch, "step": run.step, "loss": float(np.mean(losses)) if losses else None,
                    "lr": float(step_fn.lrs[run.step - 1]), "img_per_s": seen / max(elapsed, 1e-9),

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.data.augment import RECIPES
+from pipeline.data.loader import memory_budget
 from pipeline.methods import METHODS, method_class, method_needs_teacher
 from pipeline.runtime.errors import CompressError
 from pipeline.runtime.settings import outside, setting
@@ -77,6 +78,9 @@ class TrainConfig:
     # execution
     seed: int = setting(0, "Seeds the student's initialisation, the data order and every augmentation.", low=0)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    loader_memory: str = setting("auto", "RAM per node for the one in-RAM copy of the training images, shared by "
+                                         "the node's processes: auto (a quarter of the node's RAM), a size such as "
+                                         "8G, or 0; a larger store is read in pages from disk in the background.")
     amp: str = setting("none", "Mixed precision: bf16 autocast (CPU/GPU) or fp16 with a scaler (GPU).",
                        choices=("none", "bf16", "fp16"))
     channels_last: bool = setting(False, "channels_last memory format (helps MobileNetV2 on CPU).")
@@ -158,6 +162,7 @@ def check_values(cfg: TrainConfig) -> None:
 def check_settings(cfg: TrainConfig, device: torch.device) -> None:
     """Settings that cannot go together, or not on this device: one line each, before anything is written."""
     check_values(cfg)
+    memory_budget(cfg.loader_memory)
     if cfg.teacher_source not in ("cached", "live"):
         raise CompressError(f"unknown --teacher-source {cfg.teacher_source!r}; use cached or live")
     if cfg.bn_groups < 1 or cfg.batch_size % cfg.bn_groups:
