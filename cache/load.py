@@ -1,5 +1,5 @@
 """Load a whole cache for training: validated, in one sequential pass, into RAM, onto a device, or into a
-memory-mapped file for caches larger than RAM.
+memory-mapped file for caches larger than RAM or shared by the processes of a node.
 
 Training indexes the returned tensor per step; it never reads random rows from Zarr (20-100 ms per batch from
 disk against ~0.04 ms from RAM). Every shard is checked on the way in: its sha256 against the recorded
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +56,29 @@ def _check_shard(path, k: int, lo: int, hi: int, block: np.ndarray, expected: st
                          f"{NORM_TOLERANCE[dtype]:.0e}); the cache was not written by extract or is damaged")
 
 
-def _mmap_target(path: Path, name: str, checksums: list[str]) -> tuple[Path, bool]:
+def _mmap_target(path: Path, name: str, checksums: list[str]) -> Path:
     """A flat .npy beside the store (`STORE.zarr.mmap/`), keyed by the shard checksums: rebuilt only when the
     cache changes. It lives outside the store so that the DVC artifact stays untouched."""
     key = hashlib.sha256("".join(checksums).encode()).hexdigest()[:16]
     folder = Path(str(path).rstrip("/") + ".mmap")
-    target = folder / f"{name}-{key}.npy"
-    return target, target.is_file()
+    return folder / f"{name}-{key}.npy"
+
+
+def _open_mapped(target: Path, shape: tuple, dtype) -> np.ndarray | None:
+    """The finished flat copy, mapped read-only (pages are shared through the page cache by every process that
+    maps it), or None when there is none or it does not hold this shape and dtype (then it is rebuilt)."""
+    try:
+        values = np.load(target, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return values if values.shape == tuple(shape) and values.dtype == dtype else None
 
 
 def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool,
-                device: torch.device | None = None) -> np.ndarray | torch.Tensor:
+                device: torch.device | None = None, build: bool = True) -> np.ndarray | torch.Tensor:
     """The whole array, shard by shard, each checked before it is kept. On a CUDA `device` each verified
-    shard is copied straight into a device tensor, so host memory never holds more than one shard."""
+    shard is copied straight into a device tensor, so host memory never holds more than one shard. With `mmap`
+    and not `build`, only an existing flat copy is opened (another process of the node builds it)."""
     spec = spec_of(attrs)
     arr = array(group, name)
     checksums = attrs["checksums"][name]
@@ -74,11 +86,17 @@ def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool,
         raise CacheError(f"teacher cache {path}: {len(checksums)} {name} checksums for {spec.num_shards} shards; "
                          f"re-extract with --overwrite")
     if mmap:
-        target, ready = _mmap_target(Path(path), name, checksums)
-        if ready:
-            return np.load(target, mmap_mode="c")
+        target = _mmap_target(Path(path), name, checksums)
+        mapped = _open_mapped(target, arr.shape, arr.dtype)
+        if mapped is not None:
+            return mapped
+        if not build:
+            raise CacheError(f"teacher cache {path}: its memory-mapped copy {target} is missing or incomplete "
+                             f"although this node's first process built it; check that {target.parent} is "
+                             f"writable and has room for {arr.nbytes / 2**30:.1f} GiB, then re-run")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # two trainers never share a temporary
+        # a temporary of its own per process and host (two nodes may share the folder), renamed when complete
+        tmp = target.with_name(f"{target.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
     elif device is not None and device.type != "cpu":
         out = torch.empty(arr.shape, dtype=getattr(torch, str(arr.dtype)), device=device)
@@ -97,23 +115,36 @@ def _load_array(path, group, attrs, name: str, check_norm: bool, mmap: bool,
         out.flush()
         del out
         tmp.replace(target)
-        return np.load(target, mmap_mode="c")
+        return np.load(target, mmap_mode="r")
     return out
 
 
+def embeddings_bytes(attrs: dict) -> int:
+    """Bytes of a cache's embeddings array, from its attributes (without reading it)."""
+    spec = spec_of(attrs)
+    return spec.n * spec.row_bytes
+
+
 def load_embeddings(path: str | Path, expect_fingerprint: str | None = None, device: str | torch.device = "cpu",
-                    mmap: bool = False) -> tuple[torch.Tensor, dict]:
+                    mmap: bool = False, build: bool = True) -> tuple[torch.Tensor, dict]:
     """(embeddings (N, D) or (N, V, D) in the stored dtype on `device`, the cache's attributes).
 
-    `mmap=True` keeps the tensor in a memory-mapped file (CPU only) instead of anonymous RAM: for caches
-    larger than host memory. Raises CacheError naming the problem (missing, incomplete, other data, corrupt).
+    `mmap=True` keeps the tensor in a read-only memory-mapped flat copy (CPU only) instead of anonymous RAM: for
+    caches larger than host memory, and for the processes of one node, which then share one copy in the page
+    cache. The copy is built (every shard verified) when missing, unless `build=False`, which only opens it.
+    The tensor must not be written to. Raises CacheError naming the problem (missing, incomplete, other data,
+    corrupt).
     """
     device = torch.device(device)
     if mmap and device.type != "cpu":
         raise CacheError(f"mmap=True keeps the cache on disk-backed CPU memory; it cannot go to {device}")
     group, attrs = open_complete(path, expect_fingerprint)
-    values = _load_array(path, group, attrs, EMBEDDINGS, check_norm=True, mmap=mmap, device=device)
-    return (values if isinstance(values, torch.Tensor) else torch.from_numpy(values)), attrs
+    values = _load_array(path, group, attrs, EMBEDDINGS, check_norm=True, mmap=mmap, device=device, build=build)
+    if isinstance(values, torch.Tensor):
+        return values, attrs
+    with warnings.catch_warnings():  # torch warns that a read-only map is not writable: nothing writes to it
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(values), attrs
 
 
 def load_crops(path: str | Path) -> torch.Tensor | None:

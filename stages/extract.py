@@ -3,8 +3,9 @@ a sharded Zarr cache (cache/), on one process or under torchrun.
 
 Each rank owns a contiguous block of whole shards (cache.layout.rank_shards) and computes every shard on its
 own, batches starting at the shard's first row, so the bytes of shard k do not depend on which process, how
-many processes, or which run (first or resumed) computed it. Rank 0 takes the lock, creates or checks the
-store, and marks it complete once every rank has finished.
+many processes, or which run (first or resumed) computed it. Before anything is written every rank's data
+fingerprint, teacher weights and code are checked against rank 0's (nodes may read other copies). Rank 0 takes
+the lock, creates or checks the store, and marks it complete once every rank has finished.
 """
 from __future__ import annotations
 
@@ -185,11 +186,18 @@ def extract(cfg: ExtractConfig) -> dict:
 
 
 def _extract(cfg: ExtractConfig, device: torch.device, world) -> dict:
-    store = ImageStore(cfg.data)
-    teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding, cfg.input_size)
-    teacher = teacher.to(device)
-    check_input_size(teacher, identity["preprocessing"]["input_size"], f"teacher {identity['arch']}")
-    spec = _request(cfg, store, identity, device)
+    with distributed.stop_together():  # a process that cannot read its inputs stops every process
+        store = ImageStore(cfg.data)
+        teacher, identity = load_teacher(cfg.weights, cfg.teacher, cfg.weights_format, cfg.embedding,
+                                         cfg.input_size)
+        teacher = teacher.to(device)
+        check_input_size(teacher, identity["preprocessing"]["input_size"], f"teacher {identity['arch']}")
+        spec = _request(cfg, store, identity, device)
+    # every rank writes its rows under rank 0's fingerprint: node-local paths must hold the same data, weights and
+    # code, checked before anything is written
+    distributed.require_same({"data fingerprint": spec.data_fingerprint,
+                              "teacher weights sha256": identity["weights_sha256"], "code digest": spec.code},
+                             "give every node identical copies of --data and --weights, and the same code")
     prep = identity["preprocessing"]
     lock, complete, repaired = _open(cfg, spec, world)
     t0 = time.perf_counter()

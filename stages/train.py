@@ -14,6 +14,7 @@ from the checkpoint, so a killed run continues to the same weights.
 from __future__ import annotations
 
 import inspect
+import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +31,12 @@ from pipeline.data.nodecopy import node_of
 from pipeline.methods import DataInfo, Method, build_method, method_needs_teacher
 from pipeline.models.backbones import build_backbone, check_input_size
 from pipeline.models.modelfile import default_preprocessing, save_model
-from pipeline.runtime import distributed
+from pipeline.runtime import distributed, memory
 from pipeline.runtime.checkpoint import restore_checkpoint, save_checkpoint
 from pipeline.runtime.device import AMP_DTYPES, pick_device
 from pipeline.runtime.errors import CompressError
-from pipeline.runtime.provenance import provenance
-from pipeline.runtime.run_identity import run_identity
+from pipeline.runtime.provenance import provenance, sha256_file
+from pipeline.runtime.run_identity import describe, run_identity
 from pipeline.runtime.run_log import RunLog
 from pipeline.runtime.schedules import lr_schedule
 from pipeline.runtime.seeding import counter_generator
@@ -83,13 +84,25 @@ class LiveTeacher:
         return torch.nn.functional.normalize(self.net(x).float(), dim=1)
 
 
-def _load_teacher_rows(cfg: TrainConfig, store: ImageStore, device: torch.device):
-    """(embeddings (N, D) or (N, V, D) on the device, stored crops (N, V, 5) or None, cache attributes)."""
+def _load_teacher_rows(cfg: TrainConfig, store: ImageStore, device: torch.device, world: distributed.World):
+    """(embeddings (N, D) or (N, V, D), stored crops (N, V, 5) or None, cache attributes).
+
+    The rows go to the device when they fit --cache-memory. Above it, and on the CPU under torchrun, they stay
+    in the read-only memory-mapped copy beside the cache (cache/load.py), built once per node by its first
+    process and then shared by all of the node's processes through the page cache; Step gathers each batch's rows
+    on the host."""
     if cfg.cache is None:
         raise CompressError(f"method {cfg.method!r} needs a teacher: pass --cache STORE.zarr "
                             f"(made by `compress-cache extract`)")
-    from cache.load import load_crops, load_embeddings
-    rows, attrs = load_embeddings(cfg.cache, expect_fingerprint=store.fingerprint, device=device)
+    from cache.load import embeddings_bytes, load_crops, load_embeddings, open_complete
+    _, attrs = open_complete(cfg.cache, expect_fingerprint=store.fingerprint)
+    mapped = ((device.type == "cpu" and world.world_size > 1)
+              or embeddings_bytes(attrs) > memory.budget(cfg.cache_memory, "--cache-memory", device))
+    if mapped:
+        rows, attrs = distributed.node_leader_first(lambda leader: load_embeddings(
+            cfg.cache, expect_fingerprint=store.fingerprint, mmap=True, build=leader))
+    else:
+        rows, attrs = load_embeddings(cfg.cache, expect_fingerprint=store.fingerprint, device=device)
     crops = load_crops(cfg.cache) if rows.ndim == 3 else None
     return rows, crops, attrs
 
@@ -128,11 +141,19 @@ class Step:
         cfg, rows = self.cfg, self.teacher_rows
         if rows is not None and rows.ndim == 3:  # multi-view cache: train on a stored view
             v = torch.randint(rows.shape[1], (cfg.batch_size * self.world_size,), generator=gen)[self.mine]
-            return rows[idx_dev, v.to(self.device)].float(), [(self.teacher_crops[idx, v], None)]
+            return self._rows(idx, idx_dev, v), [(self.teacher_crops[idx, v], None)]
         drawn = [sample_views(self.recipe, cfg.batch_size * self.world_size, gen, self.image_hw,
                               cfg.crop_scale_min, cfg.hflip, regions=self._regions(idx), share=self.mine)
                  for _ in range(self.method.views)]
-        return (rows[idx_dev].float() if rows is not None else None), drawn
+        return (self._rows(idx, idx_dev) if rows is not None else None), drawn
+
+    def _rows(self, idx: torch.Tensor, idx_dev: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's teacher rows (of views `v`) on the device, as float. Rows kept on the host (a memory-mapped
+        cache above --cache-memory) are gathered there with the host indices, and only the batch is copied."""
+        rows = self.teacher_rows
+        i = idx if rows.device.type == "cpu" else idx_dev
+        t = rows[i] if v is None else rows[i, v.to(i.device)]
+        return t.to(self.device, non_blocking=True).float()
 
     def _regions(self, idx: torch.Tensor) -> torch.Tensor | None:
         """The batch's valid regions (crops are drawn and rendered inside them), None for whole images."""
@@ -217,10 +238,17 @@ def train(cfg: TrainConfig) -> dict:
 def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) -> Run:
     # ------------------------------------------------------------------ checks, identity, run folder, log
     check_settings(cfg, device)
-    store = ImageStore(cfg.data)
-    teacher_needed = method_needs_teacher(cfg.method)
-    identity = run_identity(store.fingerprint, cfg.cache if teacher_needed and cfg.teacher_source == "cached"
-                            else None, cfg.teacher_weights if teacher_needed and cfg.teacher_source == "live" else None)
+    with distributed.stop_together():  # a process that cannot read its inputs stops every process
+        store = ImageStore(cfg.data)
+        teacher_needed = method_needs_teacher(cfg.method)
+        identity = run_identity(store.fingerprint, cfg.cache if teacher_needed and cfg.teacher_source == "cached"
+                                else None, cfg.teacher_weights if teacher_needed and cfg.teacher_source == "live"
+                                else None)
+    # every node trains on what rank 0 does (node-local paths may hold other files), checked before any write
+    distributed.require_same({"data fingerprint": identity["data"],
+                              "teacher": describe(identity).partition(", ")[2] or "none"},
+                             "give every node identical copies of --data and of the teacher (--cache or "
+                             "--teacher-weights)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     problem = distributed.broadcast_object(check_config(cfg, out, identity) if world.is_main else None)
@@ -249,15 +277,16 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
         live = LiveTeacher(cfg, device)
         teacher = live.identity
     elif teacher_needed:
-        rows, crops, attrs = _load_teacher_rows(cfg, store, device)
+        rows, crops, attrs = _load_teacher_rows(cfg, store, device, world)
         teacher = attrs.get("teacher")
     ckpt = out / "checkpoint.pt"
+    resume = _rank0_checkpoint(ckpt, world)  # rank 0 decides whether the run resumes, for every rank
     data = DataInfo(num_items=len(store.labels), train_indices=train_indices, num_classes=store.num_classes,
                     teacher_rows=rows)
     method = build_method(cfg.method, student, teacher_dim=live.dim if live else (rows.shape[-1] if rows is not None
                                                                                   else None),
                           data=data, hp=asdict(cfg), generator=torch.Generator().manual_seed(cfg.seed),
-                          resuming=ckpt.exists())
+                          resuming=resume is not None)
     method.to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -274,8 +303,8 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
 
     # ------------------------------------------------------------------ resume, then DDP around restored weights
     step = 0
-    if ckpt.exists():
-        state = restore_checkpoint(ckpt, expect_identity=identity, method=method, optimizer=optimizer,
+    if resume is not None:
+        state = restore_checkpoint(resume, expect_identity=identity, method=method, optimizer=optimizer,
                                    scaler=scaler)
         step = state["step"]
         log.event("resume", {"step": step, "restored": state["restored"]})
@@ -286,6 +315,20 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
                    live, world.rank, world.world_size, ckpt,
                    regions=None if store.regions() is None else torch.from_numpy(store.regions()))
     return Run(cfg, world, out, store, identity, log, loader, step_fn, teacher, step)
+
+
+def _rank0_checkpoint(ckpt: Path, world: distributed.World) -> Path | io.BytesIO | None:
+    """What every rank resumes from: rank 0's checkpoint, or None when rank 0 has none (a start, even where a
+    node-local --out holds an old file). A rank whose --out lacks rank 0's file, or holds another, receives its
+    bytes, so every rank restores the same state before DDP wraps the model."""
+    digest = sha256_file(ckpt) if ckpt.exists() else None
+    every = distributed.all_gather_object(digest)
+    if every[0] is None:
+        return None
+    if all(d == every[0] for d in every):
+        return ckpt
+    payload = distributed.broadcast_object(ckpt.read_bytes() if world.is_main else None)
+    return ckpt if digest == every[0] else io.BytesIO(payload)
 
 
 def _distributed(method: Method, device: torch.device, world: distributed.World) -> nn.Module:

@@ -12,6 +12,7 @@ from pipeline.data.augment import RECIPES
 from pipeline.data.loader import memory_budget
 from pipeline.methods import METHODS, method_class, method_needs_teacher
 from pipeline.runtime.errors import CompressError
+from pipeline.runtime.memory import parse_size
 from pipeline.runtime.settings import outside, setting
 
 
@@ -66,6 +67,10 @@ class TrainConfig:
                                                  "`extract` reads).", shown="none")
     teacher_arch: str | None = setting(None, "Teacher architecture, when the weights do not tell it.",
                                        shown="from the weights")
+    cache_memory: str = setting("auto", "Budget for the cached teacher rows in memory: auto (a quarter of the GPU's "
+                                        "memory, or of RAM on the CPU), a size such as 16G, or 0. Above it the rows "
+                                        "stay in a memory-mapped copy beside the cache, shared by the node's "
+                                        "processes (always so on the CPU under torchrun).")
     # augmentation, drawn per sample on the device (pipeline/data/augment.py RECIPES)
     augment: str | None = setting(None, "Augmentation recipe: crop-flip (RandomResizedCrop + flip, CompRess's) or "
                                         "mocov2 (+ colour jitter, grayscale, blur; MoCo v2's).",
@@ -95,7 +100,7 @@ class TrainConfig:
                                     "choice), always.", choices=("never", "if-changed", "always"))
 
     # keys that may change between a run and its resumption without changing what is computed
-    RESUMABLE_CHANGES = ("device", "checkpoint_every", "snapshot_every", "tensorboard", "restart")
+    RESUMABLE_CHANGES = ("device", "checkpoint_every", "snapshot_every", "tensorboard", "restart", "cache_memory")
 
     def __post_init__(self):
         # Resolve the recipe here, so config.json records the values the run used, not "default".
@@ -163,6 +168,7 @@ def check_settings(cfg: TrainConfig, device: torch.device) -> None:
     """Settings that cannot go together, or not on this device: one line each, before anything is written."""
     check_values(cfg)
     memory_budget(cfg.loader_memory)
+    parse_size(cfg.cache_memory, "--cache-memory")
     if cfg.teacher_source not in ("cached", "live"):
         raise CompressError(f"unknown --teacher-source {cfg.teacher_source!r}; use cached or live")
     if cfg.bn_groups < 1 or cfg.batch_size % cfg.bn_groups:

@@ -7,7 +7,8 @@ training-only linear classifier.
 k   number of clusters (paper: 16,000 on ImageNet; default here 10 x the number of classes, at most the number
     of training images). The ids are a buffer, saved with the run's checkpoint: a resumed run builds the method
     with `unassigned` ids (build_method(..., resuming=True)) and the checkpoint fills them, so k-means runs once
-    per run. An id left at -1 cannot train silently: cross-entropy refuses the target.
+    per run, and under torchrun on rank 0 only, which broadcasts the ids. An id left at -1 cannot train
+    silently: cross-entropy refuses the target.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from pipeline.methods.losses import cluster_classification_loss
 from pipeline.methods.base import BuildContext, Method, register
+from pipeline.runtime import distributed
 
 
 def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
@@ -44,8 +46,12 @@ class ClusterClassification(Method):
         data = ctx.data
         k = ctx.hp["clusters"] or min(10 * data.num_classes, len(data.train_indices))
         # resuming, the checkpoint holds the ids: k-means again would cost ~30 min at ImageNet scale
-        ids = unassigned(data.num_items) if ctx.resuming else cluster_ids(data.teacher_rows, data.train_indices,
-                                                                          k, seed=ctx.hp["seed"])
+        ids = unassigned(data.num_items)
+        if not ctx.resuming:
+            # one k-means (and one float copy of the rows) per run, not per process: rank 0's ids go to every rank
+            if distributed.rank() == 0:
+                ids = cluster_ids(data.teacher_rows, data.train_indices, k, seed=ctx.hp["seed"]).long()
+            distributed.broadcast_(ids)
         return cls(ctx.student, ids, k)
 
     def __init__(self, student: nn.Module, ids: torch.Tensor, k: int):
