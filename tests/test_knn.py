@@ -28,7 +28,7 @@ def _brute(train_x, train_y, queries, c, k, tau):
 @pytest.mark.parametrize("k,tau", [(20, 0.07), (5, 0.5), (1, 0.07)])
 def test_matches_brute_force(k, tau):
     train_x, train_y, queries, c = _data()
-    nn, knn = knn_classify(train_x, train_y, queries, c, KNNConfig(k=k, tau=tau, chunk=17))
+    nn, knn = knn_classify(train_x, train_y, queries, c, KNNConfig(k=k, tau=tau, block_rows=17))
     ref_nn, ref_knn, _ = _brute(train_x, train_y, queries, c, k, tau)
     np.testing.assert_array_equal(nn, ref_nn)
     np.testing.assert_array_equal(knn, ref_knn)
@@ -46,7 +46,7 @@ def test_cosine_ignores_scale_and_accepts_torch():
 
 def test_search_neighbours_are_exact_and_chunked():
     train_x, _, queries, _ = _data(3)
-    sims, ids = search(train_x, queries, 4, chunk=7)
+    sims, ids = search(train_x, queries, 4, block_rows=7)
     *_, order = _brute(train_x, np.zeros(len(train_x), int), queries, 1, 4, 1.0)
     np.testing.assert_array_equal(ids, order)
     assert np.all(np.diff(sims, axis=1) <= 1e-6)

@@ -1,7 +1,7 @@
 """Teacher agreement: how faithfully a student keeps its teacher's neighbourhoods, labels or not.
 
 For every val image, S are its k nearest training images under the student and T under the teacher (cosine on
-l2-normalised features, the same faiss search as NN / kNN in pipeline/evaluation/knn.py):
+l2-normalised features, the same blockwise search as NN / kNN, pipeline/evaluation/search.py):
 
     agree10 = mean over val of |S ∩ T| / k     (k = 10; 1.0 = the same 10 neighbours, as a set)
     agree1  = fraction of val images whose single nearest training image is the same under both
@@ -13,9 +13,10 @@ The two feature sets may have different widths; only the neighbour ids are compa
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from pipeline.evaluation.search import search
 from pipeline.runtime.errors import CompressError
-from pipeline.evaluation.knn import search
 
 K = 10  # the neighbours compared, the issue's |S ∩ T| / 10
 
@@ -26,7 +27,8 @@ def _check(name: str, train_x, val_x) -> None:
                             f"val {tuple(val_x.shape)}")
 
 
-def teacher_agreement(student_train, student_val, teacher_train, teacher_val, k: int = K) -> dict:
+def teacher_agreement(student_train, student_val, teacher_train, teacher_val, k: int = K,
+                      device: torch.device | str = "cpu") -> dict:
     """{"agree10": mean |S ∩ T| / k, "agree1": same nearest neighbour, "k": k actually used}.
 
     Rows i of the student and teacher matrices must be the same image (train with train, val with val).
@@ -40,8 +42,8 @@ def teacher_agreement(student_train, student_val, teacher_train, teacher_val, k:
     if len(student_train) == 0 or len(student_val) == 0 or k < 1:
         raise CompressError(f"agreement needs train and val rows and k >= 1 (train {len(student_train)}, "
                             f"val {len(student_val)}, k {k})")
-    _, s_ids = search(student_train, student_val, k)  # (Q, k), best first
-    _, t_ids = search(teacher_train, teacher_val, k)
+    _, s_ids = search(student_train, student_val, k, device)  # (Q, k), best first
+    _, t_ids = search(teacher_train, teacher_val, k, device)
     k = s_ids.shape[1]
     # |S ∩ T| per row: ids within a row are distinct, so count the (Q, k, k) equal pairs (50k val x 100: small)
     hits = (s_ids[:, :, None] == t_ids[:, None, :]).any(axis=2)

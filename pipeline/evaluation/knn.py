@@ -2,66 +2,31 @@
 
 kNN follows the DINO / InstDisc convention: the k nearest train features vote for their labels with weight
 exp(sim / tau), a class scores the sum of its weights, the prediction is the best class (ties go to the lower
-class index). Both come from one faiss search, so NN and kNN-20 always see the same neighbours.
+class index). Both come from one exact search (pipeline/evaluation/search.py: faiss or torch, on the GPU when
+there is one, in blocks of rows), so NN and kNN-20 always see the same neighbours.
 
-Memory: the flat index holds the train set once (1.28 M x 2048 fp32 = 10.5 GB, fits RAM or one GPU); train
-rows are added and queries searched in chunks, so nothing else grows with N (no N_val x N_train matrix).
+Memory: the search reads the (fp16) train features one block at a time; beyond them only one block, one
+similarity tile and the (Q, k) neighbours exist (no index, no float32 copy, no N_val x N_train matrix).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import torch
 
-CHUNK = 8192  # rows per add/search call: bounds temporary fp32 copies to CHUNK x D
+from pipeline.evaluation.search import search
 
 
 @dataclass
 class KNNConfig:
     k: int = 20  # neighbours that vote
     tau: float = 0.07  # temperature of the vote weights exp(sim / tau)
-    chunk: int = CHUNK
+    block_rows: int | None = None  # rows converted at once; None: the backend's budget
 
     def describe(self) -> dict:
         return {"k": self.k, "tau": self.tau, "voting": "weighted: sum over neighbours of exp(cos/tau)",
                 "metric": "cosine (inner product of l2-normalised features)"}
-
-
-def as_unit_f32(x) -> np.ndarray:
-    """float32, C-contiguous, rows l2-normalised: what faiss IndexFlatIP needs for cosine."""
-    x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def use_gpu() -> bool:
-    """faiss-gpu with a visible GPU; faiss-cpu (no GpuResources) otherwise."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def build_index(train_x, chunk: int = CHUNK) -> faiss.Index:
-    """An exact inner-product index over the l2-normalised train rows, on the GPU when faiss has one."""
-    d = train_x.shape[1]
-    index = faiss.IndexFlatIP(d)
-    if use_gpu():
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    for lo in range(0, len(train_x), chunk):
-        index.add(as_unit_f32(train_x[lo:lo + chunk]))
-    return index
-
-
-def search(train_x, queries, k: int, chunk: int = CHUNK, index: faiss.Index | None = None):
-    """(sims, ids), each (Q, k): the k most cosine-similar train rows of every query, best first."""
-    index = index if index is not None else build_index(train_x, chunk)
-    k = min(k, index.ntotal)
-    sims = np.empty((len(queries), k), dtype=np.float32)
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    for lo in range(0, len(queries), chunk):
-        sims[lo:lo + chunk], ids[lo:lo + chunk] = index.search(as_unit_f32(queries[lo:lo + chunk]), k)
-    return sims, ids
 
 
 def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, tau: float) -> np.ndarray:
@@ -72,9 +37,11 @@ def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, tau: 
     return scores.argmax(1).numpy()
 
 
-def knn_classify(train_x, train_y, queries, num_classes: int, cfg: KNNConfig = KNNConfig()):
-    """(nn_pred, knn_pred), each (Q,) int64: 1-NN label and the weighted k-NN vote, from one search."""
-    train_y = np.asarray(train_y, dtype=np.int64)
-    sims, ids = search(train_x, queries, cfg.k, cfg.chunk)
+def knn_classify(train_x, train_y, queries, num_classes: int, cfg: KNNConfig = KNNConfig(),
+                 device: torch.device | str = "cpu"):
+    """(nn_pred, knn_pred), each (Q,) int64: 1-NN label and the weighted k-NN vote, from one search on `device`."""
+    train_y = train_y.cpu().numpy() if isinstance(train_y, torch.Tensor) else np.asarray(train_y)
+    train_y = train_y.astype(np.int64)
+    sims, ids = search(train_x, queries, cfg.k, device, cfg.block_rows)
     neighbour_labels = train_y[ids]  # (Q, k)
     return neighbour_labels[:, 0].copy(), vote(sims, neighbour_labels, num_classes, cfg.tau)
