@@ -9,8 +9,9 @@ Two pair scores for the matching (method.md):
 
 Choices, stated because the original release left them implicit:
 
-- k-means is faiss, seeded, 20 iterations, on **all** points (faiss subsamples to 256 points per centroid by
-  default; that is switched off).
+- k-means is seeded, 20 iterations, on **all** points (faiss subsamples to 256 points per centroid by
+  default; that is switched off): faiss's, or a torch Lloyd where faiss is absent or cannot use the GPU
+  (pipeline/evaluation/kmeans.py, bounded memory); the record names the library.
 - Matching is one-to-one. With k > C clusters, k - C clusters stay unmatched and every val point that lands in
   one counts as wrong; with k < C some classes get no cluster.
 - An empty train cluster (no train point, so no evidence) scores 0 with every class and is never mapped to a
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
+from pipeline.evaluation import backend as backends
+from pipeline.evaluation.kmeans import assign, kmeans
 from pipeline.runtime.errors import CompressError
-from pipeline.evaluation.knn import CHUNK, as_unit_f32, use_gpu
 
 SCORES = ("precision", "count")
 UNMATCHED = -1
@@ -39,33 +41,12 @@ class CAConfig:
     nredo: int = 1  # k-means restarts, best objective kept; the paper ran one
     reported: str = "precision"
 
-    def describe(self, k: int) -> dict:
-        return {"k": k, "niter": self.niter, "seed": self.seed, "nredo": self.nredo, "points": "all", "library": "faiss",
+    def describe(self, k: int, library: str = "faiss-cpu") -> dict:
+        return {"k": k, "niter": self.niter, "seed": self.seed, "nredo": self.nredo, "points": "all",
+                "library": library,
                 "matching": "Hungarian, one-to-one (scipy linear_sum_assignment) on train",
                 "reported_score": self.reported, "scores": list(SCORES),
                 "unmatched_or_empty_clusters": "count as wrong"}
-
-
-def kmeans(train_x, k: int, niter: int = 20, seed: int = 0, nredo: int = 1) -> np.ndarray:
-    """(k, D) centroids of the l2-normalised train rows; every point is used, the run is seeded."""
-    x = as_unit_f32(train_x)
-    if not 1 <= k <= len(x):
-        raise CompressError(f"cannot make {k} clusters of {len(x)} train points; use --ca-clusters between 1 "
-                            f"and {len(x)}")
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, nredo=nredo, verbose=False, gpu=use_gpu(),
-                      max_points_per_centroid=len(x) // k + 1, min_points_per_centroid=1)
-    km.train(x)
-    return km.centroids
-
-
-def assign(x, centroids: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """(N,) index of the nearest centroid (L2, as k-means itself assigns), in chunks."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    out = np.empty(len(x), dtype=np.int64)
-    for lo in range(0, len(x), chunk):
-        out[lo:lo + chunk] = index.search(as_unit_f32(x[lo:lo + chunk]), 1)[1][:, 0]
-    return out
 
 
 def contingency(clusters: np.ndarray, labels: np.ndarray, k: int, num_classes: int) -> np.ndarray:
@@ -95,13 +76,16 @@ def mapped_accuracy(clusters: np.ndarray, labels: np.ndarray, mapping: np.ndarra
     return float(100.0 * np.mean(mapping[clusters] == np.asarray(labels)))
 
 
-def cluster_assignment(train_x, train_y, val_x, val_y, num_classes: int, cfg: CAConfig = CAConfig()) -> dict:
-    """k-means on train, both matchings on train, accuracy on val: {"precision": %, "count": %, ...}."""
+def cluster_assignment(train_x, train_y, val_x, val_y, num_classes: int, cfg: CAConfig = CAConfig(),
+                       device: torch.device | str = "cpu") -> dict:
+    """k-means on train, both matchings on train, accuracy on val: {"precision": %, "count": %, "library", ...}.
+    The arithmetic runs on `device` (pipeline/evaluation/backend.py)."""
     k = cfg.clusters or num_classes
-    centroids = kmeans(train_x, k, cfg.niter, cfg.seed, cfg.nredo)
-    train_c, val_c = assign(train_x, centroids), assign(val_x, centroids)
+    be = backends.choose(device)
+    centroids = kmeans(train_x, k, cfg.niter, cfg.seed, cfg.nredo, be=be)
+    train_c, val_c = assign(train_x, centroids, be=be), assign(val_x, centroids, be=be)
     train_y, val_y = np.asarray(train_y, dtype=np.int64), np.asarray(val_y, dtype=np.int64)
-    out = {"k": k, "empty_clusters": int(k - len(np.unique(train_c)))}
+    out = {"k": k, "empty_clusters": int(k - len(np.unique(train_c))), "library": be.name}
     for score in SCORES:
         mapping = match(train_c, train_y, k, num_classes, score)
         out[score] = mapped_accuracy(val_c, val_y, mapping)
