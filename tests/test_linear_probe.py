@@ -104,3 +104,48 @@ def test_the_reported_head_is_the_last_epochs():
     assert (predictor(head, "cpu")(x) == 2).all()
     _, record = train_probe(x, y, 4, ProbeConfig(epochs=2))
     assert record["reported"].startswith("last epoch") and record["iterations"] == 2 * 2
+
+
+class _Rows:
+    """An fp16 feature matrix that records the most rows any single read asked for."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.most = x, x.shape, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, rows):
+        out = self.x[rows]
+        self.most = max(self.most, len(out))
+        return out
+
+
+def _plain_probe(x, y, num_classes, cfg):
+    """The reference: the whole train set as one float32 tensor, batches indexed from it."""
+    x, y = torch.from_numpy(x).float(), torch.from_numpy(y).long()
+    z = torch.nn.functional.normalize(x, dim=1)
+    head = ProbeHead(z.mean(0), z.std(0, unbiased=False).clamp_min(1e-6), num_classes, cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def batches(epoch):
+        order = torch.randperm(len(x), generator=g)
+        for lo in range(0, len(x), cfg.batch_size):
+            yield x[order[lo:lo + cfg.batch_size]], y[order[lo:lo + cfg.batch_size]]
+    fit_head(head, batches, -(-len(x) // cfg.batch_size), cfg)
+    return predictor(head, "cpu")
+
+
+def test_streamed_fp16_probe_matches_the_plain_one(monkeypatch):
+    from pipeline.evaluation import backend
+    monkeypatch.setattr(backend, "CPU_BLOCK_BYTES", 4 * 12 * 64)  # the standardisation reads 64 rows at a time
+    x, y = _separable(7, n=500)
+    x16 = x.astype(np.float16)
+    cfg = ProbeConfig(epochs=6, lr=0.3, batch_size=32, seed=2)
+    rows = _Rows(x16[:400])
+    streamed, _ = train_probe(rows, y[:400], 4, cfg)
+    plain = _plain_probe(x16[:400], y[:400], 4, cfg)
+    assert rows.most == 64  # batches and blocks: never the whole train set at once
+    agree = np.mean(streamed(x16[400:]) == plain(x16[400:]))
+    assert agree >= 0.99, agree  # the same batches and steps; only the standardisation's rounding differs
+    assert abs(np.mean(streamed(x16[400:]) == y[400:]) - np.mean(plain(x16[400:]) == y[400:])) <= 0.01

@@ -51,8 +51,7 @@ def train_augmented_probe(backbone: torch.nn.Module, store: ImageStore, train_in
     if len(train_indices) != len(train_x) or len(train_y) != len(train_x):
         raise CompressError(f"augmented probe: {len(train_indices)} train images but {len(train_x)} features "
                             f"and {len(train_y)} labels")
-    x = train_x if isinstance(train_x, torch.Tensor) else torch.from_numpy(np.asarray(train_x))
-    head = ProbeHead(*standardiser(x.to(device).float()), num_classes, cfg.seed)
+    head = ProbeHead(*standardiser(train_x, device), num_classes, cfg.seed)  # block by block, no float32 copy
     labels = torch.full((store.n,), -1, dtype=torch.long)  # by dataset index, what the loader yields
     labels[torch.from_numpy(train_indices)] = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     bs = len(train_indices) if cfg.batch_size is None else min(cfg.batch_size, len(train_indices))

@@ -10,6 +10,11 @@ This module's `train_probe` trains on features computed once on the evaluation v
 record): far cheaper than the paper and deterministic. The paper's own protocol, augmented views rendered every
 epoch through the frozen backbone, is pipeline/evaluation/augmented_probe.py; both share the head, optimiser and schedule
 defined here. `check_frozen` is MoCo's sanity check: the backbone must be bit-identical after probing.
+
+Memory: the features stay as given (the evaluation's fp16 matrix); the standardisation is accumulated block by
+block, every mini-batch is gathered from them and widened to float32 on the device, and prediction runs in
+blocks, so neither the host nor the device ever holds a float32 copy of the train or val features (unless
+`batch_size` is None: full-batch training holds the whole train set as one float32 batch, by request).
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.evaluation import backend as backends
+from pipeline.evaluation.features import float_block, unit_block
 from pipeline.runtime.errors import CompressError
 from pipeline.runtime.schedules import lr_schedule
 
@@ -39,14 +46,23 @@ class ProbeConfig:
     seed: int = 0
 
 
-def _tensor(x, device) -> torch.Tensor:
-    return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(device)
+PREDICT_ROWS = 8192  # rows per forward pass when predicting
 
 
-def standardiser(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) per dimension of the l2-normalised train features; fixed afterwards."""
-    z = F.normalize(train_x.float(), dim=1)
-    return z.mean(0), z.std(0, unbiased=False).clamp_min(1e-6)
+def standardiser(train_x, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per dimension of the l2-normalised train features (numpy or torch, any float dtype), on
+    `device` (default: train_x's, or the CPU); fixed afterwards. Accumulated in float64, one block at a time."""
+    device = torch.device(device or (train_x.device if isinstance(train_x, torch.Tensor) else "cpu"))
+    rows = backends.choose(device).block_rows(train_x.shape[1])
+    total = torch.zeros(train_x.shape[1], dtype=torch.float64, device=device)
+    squares = torch.zeros_like(total)
+    for lo in range(0, len(train_x), rows):
+        z = unit_block(train_x, lo, min(lo + rows, len(train_x)), device)
+        total += z.sum(0, dtype=torch.float64)
+        squares += (z * z).sum(0, dtype=torch.float64)
+    mean = total / len(train_x)
+    var = (squares / len(train_x) - mean ** 2).clamp_min(0)
+    return mean.float(), var.sqrt().float().clamp_min(1e-6)
 
 
 def head_inputs(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -70,6 +86,12 @@ class ProbeHead(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(head_inputs(x, self.mean, self.std))
+
+
+def gather(x, rows: torch.Tensor, device) -> torch.Tensor:
+    """Rows of `x` (numpy or torch) as float32 on `device`, gathered in their own dtype first."""
+    block = x[rows.to(x.device)] if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x[rows.numpy()]))
+    return block.to(device).float()
 
 
 def probe_schedule(cfg: ProbeConfig, iters_per_epoch: int) -> np.ndarray:
@@ -112,28 +134,35 @@ def probe_record(kind: str, protocol: str, cfg: ProbeConfig, batch_size: int, st
 
 
 def predictor(head: ProbeHead, device) -> Callable[[object], np.ndarray]:
+    """predict(features (Q, D), numpy or torch) -> (Q,) labels, in blocks of PREDICT_ROWS rows."""
     @torch.no_grad()
     def predict(q) -> np.ndarray:
-        return head(_tensor(q, device)).argmax(1).cpu().numpy()
+        out = [head(float_block(q, lo, min(lo + PREDICT_ROWS, len(q)), device)).argmax(1).cpu()
+               for lo in range(0, len(q), PREDICT_ROWS)]
+        return torch.cat(out).numpy() if out else np.empty(0, dtype=np.int64)
     return predict
 
 
 def train_probe(train_x, train_y, num_classes: int, cfg: ProbeConfig = ProbeConfig(),
                 device: torch.device = torch.device("cpu")):
-    """The fast probe on feature matrices; return (predict(features) -> labels, record)."""
-    x, y = _tensor(train_x, device).float(), _tensor(train_y, device).long()
-    if len(x) == 0:
+    """The fast probe on feature matrices (numpy or torch, fp16 or float32, on any device); return
+    (predict(features) -> labels, record). Each mini-batch is gathered from `train_x` and widened on `device`."""
+    n = len(train_x)
+    if n == 0:
         raise CompressError("linear probe: the train split is empty; check the image store's split")
-    head = ProbeHead(*standardiser(x), num_classes, cfg.seed)
+    y = (train_y if isinstance(train_y, torch.Tensor) else torch.from_numpy(np.asarray(train_y))).to(device).long()
+    head = ProbeHead(*standardiser(train_x, device), num_classes, cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # the order of the batches
-    bs = len(x) if cfg.batch_size is None else min(cfg.batch_size, len(x))
+    bs = n if cfg.batch_size is None else min(cfg.batch_size, n)
 
     def batches(epoch):
-        order = torch.randperm(len(x), generator=g).to(device)
-        for lo in range(0, len(x), bs):
-            yield x[order[lo:lo + bs]], y[order[lo:lo + bs]]
+        order = torch.randperm(n, generator=g)
+        for lo in range(0, n, bs):
+            rows = order[lo:lo + bs]
+            # the head l2-normalises its input, so the raw rows are enough: only this batch is widened
+            yield gather(train_x, rows, device), y[rows.to(device)]
 
-    steps, loss = fit_head(head, batches, (len(x) + bs - 1) // bs, cfg)
+    steps, loss = fit_head(head, batches, (n + bs - 1) // bs, cfg)
     return predictor(head, device), probe_record("cached", PROTOCOL, cfg, bs, steps, loss)
 
 
