@@ -6,6 +6,10 @@ the model file and the data fingerprint; a key that differs means recompute, nev
 release reused another model's features from its output folder). Features are kept in fp16, like the teacher
 cache, and every protocol reads the fp16 values, so a first run and a cached run give the same numbers.
 
+Memory: the features are one (N, D) fp16 matrix (pipeline/evaluation/features.py), filled in place by the
+embedding pass (or read block by block from the stored copy or the cache), with train and val as views of it;
+every protocol reads it in blocks on the stage's device. A reference for the agreement is a second such matrix.
+
 Given a reference (`compare_cache`, the teacher's cache, or `compare_model`), the metrics also hold the teacher
 agreement `agree10` / `agree1` (pipeline/evaluation/agreement.py) and the reference's identity under `agreement.against`.
 """
@@ -19,7 +23,9 @@ import numpy as np
 import torch
 
 from pipeline.runtime.device import pick_device
-from pipeline.evaluation.embed import embed_all
+from pipeline.evaluation import features
+from pipeline.evaluation.embed import embed_blocks
+from pipeline.evaluation.features import Layout
 from pipeline.data.eval_view import describe
 from pipeline.runtime.errors import CompressError
 from pipeline.data.imagestore import ImageStore
@@ -28,7 +34,7 @@ from pipeline.models.modelfile import default_preprocessing, load_model
 from pipeline.models.backbones import build_backbone, check_input_size
 from pipeline.evaluation.scoring import evaluate_features
 from pipeline.runtime.provenance import provenance, sha256_file
-from pipeline.runtime.atomic import write_atomic, write_text
+from pipeline.runtime.atomic import write_text
 from pipeline.runtime.settings import setting
 
 METRICS = ("nn", "knn20", "linear", "ca")
@@ -79,45 +85,63 @@ class EvaluateConfig:
     grid_queries: int = setting(8, "Val queries in the retrieval grid.", low=1, cli=False)
     grid_k: int = setting(6, "Neighbours per query in the retrieval grid.", low=1, cli=False)
     features_dir: Path | None = setting(None, "Folder for the keyed feature files.", shown="beside --out")
+    features_memmap: bool = setting(False, "Hold the feature matrix in a memory-mapped scratch file in the "
+                                           "features folder (unlinked at once, so nothing is left behind) "
+                                           "instead of RAM; a teacher cache is read through its memory-mapped "
+                                           "copy. For feature matrices near the size of RAM.")
 
 
 # ---------------------------------------------------------------- features of each kind of source
 
-def _cache_features(path: Path, store: ImageStore) -> tuple[np.ndarray, dict]:
+def _cache_features(path: Path, store: ImageStore, layout: Layout, memmap_dir) -> tuple[np.ndarray, dict]:
     from cache.errors import CacheError
     from cache.load import load_embeddings
     if not Path(path).exists():
         raise CompressError(f"teacher cache {str(path)!r} does not exist; build it with `compress-cache extract`")
     try:
-        emb, attrs = load_embeddings(path, expect_fingerprint=store.fingerprint)
+        mapped = {} if memmap_dir is None else {"mmap": True}  # through the cache's flat memory-mapped copy
+        emb, attrs = load_embeddings(path, expect_fingerprint=store.fingerprint, **mapped)
     except CacheError as e:
         raise CompressError(str(e)) from None
-    emb = emb[:, 0] if emb.ndim == 3 else emb  # view 0 is the centre crop
+    if len(emb) != store.n:
+        raise CompressError(f"{len(emb)} cache rows for {store.n} images in {store.root}; rebuild the cache")
+    emb = emb.numpy()
+    if emb.ndim == 2 and emb.dtype == features.DTYPE and layout.position is None:
+        x = emb  # one view, in store order: the cache's array is the matrix
+    else:  # view 0 (the centre crop) of a multi-view cache, or rows to reorder: one pass into the matrix
+        view0 = emb[:, 0] if emb.ndim == 3 else emb
+        step = max(1, (16 << 20) // view0[0].nbytes)
+        x = features.fill(((lo, view0[lo:lo + step]) for lo in range(0, store.n, step)), layout, memmap_dir)
     teacher = attrs.get("teacher") or {}
-    return emb.float().numpy(), {"kind": "teacher", "cache": str(path), "teacher": teacher,
-                                 "preprocessing": teacher.get("preprocessing")}
+    return x, {"kind": "teacher", "cache": str(path), "teacher": teacher,
+               "preprocessing": teacher.get("preprocessing")}
 
 
-def _keyed_features(path: Path, key: dict, compute) -> np.ndarray:
-    """Features from `path` when its key file matches `key` exactly; else compute, round to fp16, store."""
+def _keyed_features(path: Path, key: dict, compute, layout: Layout, memmap_dir) -> np.ndarray:
+    """Features from `path` when its key file matches `key` exactly; else compute (into the fp16 matrix), store
+    in store order, and key."""
     key_path = path.with_name(path.name + ".key")
     if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
-        return np.load(path).astype(np.float32)
-    z = compute().numpy().astype(np.float16)
+        x = features.load(path, layout, memmap_dir)
+        if x is not None:
+            return x
+    x = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: np.save(f, z))
+    features.save(path, x, layout)
     write_text(key_path, json.dumps(key, indent=1) + "\n")
-    return z.astype(np.float32)
+    return x
 
 
-def _embed(backbone, store, preprocessing, cfg: EvaluateConfig, device) -> torch.Tensor:
+def _embed(backbone, store, preprocessing, cfg: EvaluateConfig, device, layout: Layout, memmap_dir) -> np.ndarray:
     before = snapshot(backbone)
-    z = embed_all(backbone.to(device), store, preprocessing, cfg.batch_size, device)
+    blocks = embed_blocks(backbone.to(device), store, preprocessing, 0, store.n, cfg.batch_size, device)
+    x = features.fill(blocks, layout, memmap_dir)  # each block written in place: no list of parts, no concatenation
     check_frozen(backbone, before)  # MoCo's sanity check: evaluation must not touch the weights
-    return z
+    return x
 
 
-def _model_features(path: Path, store, cfg, device, features_path: Path) -> tuple[np.ndarray, dict]:
+def _model_features(path: Path, store, cfg, device, features_path: Path, layout: Layout,
+                    memmap_dir) -> tuple[np.ndarray, dict]:
     backbone, meta = load_model(path)
     if meta.get("data_fingerprint") is not None and meta["data_fingerprint"] != store.fingerprint:
         raise CompressError(f"model {path} was trained on data with fingerprint {meta['data_fingerprint'][:12]}, "
@@ -125,7 +149,9 @@ def _model_features(path: Path, store, cfg, device, features_path: Path) -> tupl
                             f"trained on")
     key = {"model_sha256": sha256_file(path), "data_fingerprint": store.fingerprint,
            "preprocessing": meta["preprocessing"], "dtype": "float16"}
-    z = _keyed_features(features_path, key, lambda: _embed(backbone, store, meta["preprocessing"], cfg, device))
+    z = _keyed_features(features_path, key,
+                        lambda: _embed(backbone, store, meta["preprocessing"], cfg, device, layout, memmap_dir),
+                        layout, memmap_dir)
     return z, {"kind": "student", "model": str(path), "model_sha256": key["model_sha256"],
                "arch": meta.get("arch"), "method": meta.get("method"), "preprocessing": meta["preprocessing"]}
 
@@ -137,27 +163,32 @@ def _random_backbone(cfg: EvaluateConfig, store) -> tuple[torch.nn.Module, dict]
     return backbone, default_preprocessing(size)
 
 
-def _random_features(cfg: EvaluateConfig, store, device, features_path: Path) -> tuple[np.ndarray, dict]:
+def _random_features(cfg: EvaluateConfig, store, device, features_path: Path, layout: Layout,
+                     memmap_dir) -> tuple[np.ndarray, dict]:
     backbone, prep = _random_backbone(cfg, store)
     size = prep["input_size"]
     key = {"random_init": cfg.random_init, "small_input": cfg.small_input, "seed": cfg.seed,
            "torch": torch.__version__, "data_fingerprint": store.fingerprint, "preprocessing": prep,
            "dtype": "float16"}
-    z = _keyed_features(features_path, key, lambda: _embed(backbone, store, prep, cfg, device))
+    z = _keyed_features(features_path, key, lambda: _embed(backbone, store, prep, cfg, device, layout, memmap_dir),
+                        layout, memmap_dir)
     return z, {"kind": "random-init", "arch": cfg.random_init, "small_input": cfg.small_input,
                "seed": cfg.seed, "input_size": size, "preprocessing": prep}
 
 
-def features_of(cfg: EvaluateConfig, store: ImageStore, device, model=None, cache=None, tag="") -> tuple:
-    """(features (N, D) float32, source description) of the one source named by model / cache / random_init."""
+def features_of(cfg: EvaluateConfig, store: ImageStore, layout: Layout, device, model=None, cache=None,
+                tag="") -> tuple:
+    """(features (rows, D) fp16 in `layout`, source description) of the one source named by model / cache /
+    random_init."""
     folder = Path(cfg.features_dir) if cfg.features_dir else cfg.out.parent
     folder.mkdir(parents=True, exist_ok=True)
     features_path = folder / f"{cfg.out.stem}{tag}.features.npy"
+    memmap_dir = folder if cfg.features_memmap else None
     if cache is not None:
-        return _cache_features(cache, store)
+        return _cache_features(cache, store, layout, memmap_dir)
     if model is not None:
-        return _model_features(Path(model), store, cfg, device, features_path)
-    return _random_features(cfg, store, device, features_path)
+        return _model_features(Path(model), store, cfg, device, features_path, layout, memmap_dir)
+    return _random_features(cfg, store, device, features_path, layout, memmap_dir)
 
 
 # ---------------------------------------------------------------- the stage
@@ -190,11 +221,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     _check_sources(cfg)
     store = ImageStore(cfg.data)
     device = pick_device(cfg.device)
-    x, source = features_of(cfg, store, device, model=cfg.model, cache=cfg.cache)
-    if len(x) != store.n:
-        raise CompressError(f"{len(x)} feature rows for {store.n} images in {store.root}; rebuild the features")
     train, val = store.indices("train"), store.indices("val")
-    result = evaluate_features(x[train], store.labels[train], x[val], store.labels[val], store.num_classes,
+    layout = Layout.of(train, val, store.n)  # train and val: views of the one fp16 matrix
+    x, source = features_of(cfg, store, layout, device, model=cfg.model, cache=cfg.cache)
+    result = evaluate_features(layout.train_rows(x), store.labels[train], layout.val_rows(x), store.labels[val],
+                               store.num_classes,
                                knn_k=cfg.knn_k, knn_tau=cfg.knn_tau, ca_clusters=cfg.ca_clusters, seed=cfg.seed,
                                probe_epochs=cfg.probe_epochs, probe_batch_size=cfg.probe_batch_size,
                                device=device, return_predictions=True,
@@ -206,10 +237,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                "provenance": provenance(asdict(cfg))}
     ref = None
     if cfg.compare_cache is not None or cfg.compare_model is not None:
-        ref = features_of(cfg, store, device, model=cfg.compare_model, cache=cfg.compare_cache, tag=".compare")
-        metrics.update(_agreement(cfg, store, x, ref, train, val))
+        ref = features_of(cfg, store, layout, device, model=cfg.compare_model, cache=cfg.compare_cache,
+                          tag=".compare")
+        metrics.update(_agreement(cfg, store, x, ref, layout, device))
     if cfg.figures is not None:
-        metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], val, train, ref)
+        metrics["figures"] = _figures(cfg, store, device, x, predictions["knn"], layout, ref)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(cfg.out, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
@@ -231,15 +263,14 @@ def _augmented_probe(cfg: EvaluateConfig, store: ImageStore, train: np.ndarray):
     return train_linear
 
 
-def _agreement(cfg: EvaluateConfig, store: ImageStore, x: np.ndarray, ref: tuple, train, val) -> dict:
+def _agreement(cfg: EvaluateConfig, store: ImageStore, x: np.ndarray, ref: tuple, layout: Layout, device) -> dict:
     """agree10 / agree1 of this model against the reference (pipeline/evaluation/agreement.py), with the reference's
     identity: a cache by its teacher weights, data and shard checksums; a model file by its sha256."""
     from pipeline.evaluation.agreement import teacher_agreement
     from pipeline.runtime.run_identity import run_identity
     z, ref_source = ref
-    if len(z) != store.n:
-        raise CompressError(f"{len(z)} reference feature rows for {store.n} images in {store.root}; rebuild them")
-    a = teacher_agreement(x[train], x[val], z[train], z[val])
+    a = teacher_agreement(layout.train_rows(x), layout.val_rows(x), layout.train_rows(z), layout.val_rows(z),
+                          device=device)
     if cfg.compare_cache is not None:
         against = {"kind": "teacher cache", "cache": str(cfg.compare_cache),
                    **run_identity(store.fingerprint, cache=cfg.compare_cache)["teacher"]}
@@ -258,9 +289,10 @@ def _features_note(source: dict) -> str:
     return f"l2-normalised pooled backbone output of the evaluation view: {view}"
 
 
-def _figures(cfg, store, device, x, knn_pred, val, train, ref=None) -> list[str]:
+def _figures(cfg, store, device, x, knn_pred, layout: Layout, ref=None) -> list[str]:
     from pipeline.evaluation import figures
-    from pipeline.evaluation.knn import search
+    from pipeline.evaluation.search import search
+    train, val = layout.train, layout.val
     name = cfg.name or cfg.out.stem
     classes = store.manifest.get("classes")
     paths = [figures.confusion_matrix(store.labels[val], knn_pred, store.num_classes,
@@ -268,11 +300,12 @@ def _figures(cfg, store, device, x, knn_pred, val, train, ref=None) -> list[str]
                                       f"{name}: kNN-{cfg.knn_k} on val", classes)]
     # the retrieval grid: this model's neighbours, beside the reference's (teacher) when one is given
     queries = np.sort(np.random.default_rng(cfg.seed).choice(val, min(cfg.grid_queries, len(val)), False))
-    ids_own = train[search(x[train], x[queries], cfg.grid_k)[1]]
+    q_rows = layout.matrix_rows(queries)
+    ids_own = train[search(layout.train_rows(x), x[q_rows], cfg.grid_k, device)[1]]
     ids_ref, names = None, (name,)
     if ref is not None:
         ref, ref_source = ref
-        ids_ref = train[search(ref[train], ref[queries], cfg.grid_k)[1]]
+        ids_ref = train[search(layout.train_rows(ref), ref[q_rows], cfg.grid_k, device)[1]]
         names = ("teacher" if ref_source["kind"] == "teacher" else Path(str(cfg.compare_model)).stem, name)
     shown = [queries, ids_own.ravel()] + ([] if ids_ref is None else [ids_ref.ravel()])
     rows = np.unique(np.concatenate(shown))

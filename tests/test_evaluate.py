@@ -47,7 +47,7 @@ def test_random_init_writes_flat_metrics_and_reuses_its_features(store, tmp_path
     assert saved["name"] == "random" and saved["source"]["kind"] == "random-init"
     assert saved["protocols"]["knn"]["k"] == 20 and saved["protocols"]["ca"]["reported_score"] == "precision"
     assert "git_sha" in saved["provenance"]
-    monkeypatch.setattr(ev, "embed_all", lambda *a, **k: pytest.fail("features were recomputed"))
+    monkeypatch.setattr(ev, "embed_blocks", lambda *a, **k: pytest.fail("features were recomputed"))
     assert evaluate(cfg)["nn"] == m["nn"]  # same key: the fp16 features on disk, same numbers
 
 

@@ -1,7 +1,8 @@
 """All evaluation protocols on one pair of feature matrices: NN, kNN-20, linear probe, cluster assignment.
 
 Every number comes with the settings that produced it (`protocols`), so a table never mixes kNN variants or
-probe schedules without saying so.
+probe schedules without saying so. The features may be the evaluation's fp16 matrix (views of it): every
+protocol reads them in blocks and runs on `device` (pipeline/evaluation/backend.py), so nothing here copies them.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from pipeline.evaluation import backend as backends
 from pipeline.evaluation.cluster_assignment import CAConfig, cluster_assignment
 from pipeline.runtime.errors import CompressError
 from pipeline.evaluation.knn import KNNConfig, knn_classify
@@ -55,7 +57,7 @@ def evaluate_features(train_x, train_y, val_x, val_y, num_classes: int, *, knn_k
     device = torch.device(device)
 
     knn = KNNConfig(k=knn_k, tau=knn_tau)
-    nn_pred, knn_pred = knn_classify(train_x, train_y, val_x, num_classes, knn)
+    nn_pred, knn_pred = knn_classify(train_x, train_y, val_x, num_classes, knn, device)
 
     if train_linear is None:
         probe = ProbeConfig(epochs=probe_epochs, batch_size=probe_batch_size, seed=seed)
@@ -65,7 +67,7 @@ def evaluate_features(train_x, train_y, val_x, val_y, num_classes: int, *, knn_k
     linear_pred = predict(val_x)
 
     ca_cfg = CAConfig(clusters=ca_clusters, seed=seed)
-    ca = cluster_assignment(train_x, train_y, val_x, val_y, num_classes, ca_cfg)
+    ca = cluster_assignment(train_x, train_y, val_x, val_y, num_classes, ca_cfg, device)
 
     out = {
         "nn": _top1(nn_pred, val_y), "knn20": _top1(knn_pred, val_y), "linear": _top1(linear_pred, val_y),
@@ -73,9 +75,9 @@ def evaluate_features(train_x, train_y, val_x, val_y, num_classes: int, *, knn_k
         "protocols": {
             "features": "l2-normalised features as given",
             "nn": {"k": 1, "metric": "cosine", "split": "train -> val"},
-            "knn": knn.describe(),
+            "knn": {**knn.describe(), "library": backends.choose(device).name},
             "linear": probe_record,
-            "ca": {**ca_cfg.describe(ca["k"]), "empty_clusters": ca["empty_clusters"],
+            "ca": {**ca_cfg.describe(ca["k"], ca["library"]), "empty_clusters": ca["empty_clusters"],
                    "precision_train": ca["precision_train"], "count_train": ca["count_train"]},
             "sizes": {"train": int(len(train_y)), "val": int(len(val_y)), "classes": int(num_classes),
                       "dim": int(train_x.shape[1])},
