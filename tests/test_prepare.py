@@ -29,7 +29,7 @@ def _tree(root, split_dirs=False, bad=False):
         (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
 
 
-def test_imagefolder_resizes_short_side_and_centre_crops(tmp_path):
+def test_imagefolder_store_shape_classes_ids_and_labels(tmp_path):
     _tree(tmp_path / "src")
     m = prepare(PrepareConfig(dataset="imagefolder", source=tmp_path / "src", out=tmp_path / "s", size=8,
                               workers=0))
