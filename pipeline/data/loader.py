@@ -22,11 +22,13 @@ Batches stay uint8 (a quarter of float32 traffic); crops, flips and normalisatio
 """
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -48,10 +50,11 @@ class BatchLoader:
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
                  in_memory: bool | None = None, memory_limit: int | None = None, page_rows: int | None = None,
                  window_pages: int = 16, pin_memory: bool | None = None, prefetch: int = 2,
-                 node: Node | None = None):
+                 readers: int | None = None, node: Node | None = None):
         """`in_memory=None` holds the training rows in RAM when they fit `memory_limit` bytes per node (default
         a quarter of the node's RAM), else pages them. `page_rows` defaults to whole blocks, about 4 MiB;
         `window_pages` 16; `prefetch` 2 batches ahead (0: build each batch when asked, in this thread);
+        `readers` threads read and check pages about a window ahead (default min(4, CPUs));
         `pin_memory=None` pins when CUDA is available; `node` says which ranks share this node's copy (one
         process by default)."""
         self.store = store
@@ -65,6 +68,8 @@ class BatchLoader:
         block = store.block_rows
         self.page_rows = page_rows or block * max(1, (4 << 20) // max(1, block * row_bytes))
         self.window_pages, self.prefetch = window_pages, prefetch
+        self.readers = readers or min(4, os.cpu_count() or 1)
+        self._spare: queue.SimpleQueue = queue.SimpleQueue()  # CPU batch buffers nobody holds any more
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.node = node or Node()
         self.memory_limit = memory_budget("auto") if memory_limit is None else memory_limit
@@ -104,7 +109,7 @@ class BatchLoader:
             if scratch is None:
                 scratch = np.empty((group * r,) + self.row_shape, dtype=np.uint8)
             block = reader.read_blocks(g0, g1, out=scratch[:hi - lo])
-            np.take(block, rows[a:b] - lo, axis=0, out=out[a:b])
+            np.take(block, rows[a:b] - lo, axis=0, out=out[a:b], mode="clip")
 
     def describe(self) -> dict:
         """What the run log records about the read mode."""
@@ -141,11 +146,12 @@ class BatchLoader:
         mine = [pos[k * g:(k + 1) * g][self.rank * b:(self.rank + 1) * b] for k in range(start_batch, len(self))]
         if self.in_memory:
             source = _RamRows(self.images, self._ram_row)
-        else:
-            source = _Pages(self.store, self.indices, self.page_rows, mine)
-        batches = _Batches(source, self.indices, mine, (b,) + self.row_shape, self.pin_memory)
+        else:  # read ahead by about one window of pages
+            ahead = -(-self.window_pages * self.page_rows // max(1, self.global_batch))
+            source = _Pages(self.store, self.indices, self.page_rows, mine, ahead, self.readers)
+        batches = _Batches(source, self.indices, mine, (b,) + self.row_shape, self.pin_memory, self._spare)
         if self.prefetch <= 0:
-            return (batches.build(k) for k in range(len(mine)))
+            return _inline(batches, len(mine))
         return _ahead(batches, len(mine), self.prefetch)
 
 
@@ -156,36 +162,48 @@ class _RamRows:
         self.images, self.ram_row = images, ram_row
 
     def gather(self, k: int, positions: np.ndarray, out: np.ndarray) -> None:
-        np.take(self.images, self.ram_row[positions], axis=0, out=out)
+        np.take(self.images, self.ram_row[positions], axis=0, out=out, mode="clip")  # see _TAKE
+
+    def close(self) -> None:
+        pass
 
 
 class _Pages:
-    """This rank's batches gathered from pages read into the slots of one arena. Each page is read (and its
-    blocks checked) for the first of this rank's batches that needs it, and its slot is free again after the
-    last: the slot schedule is planned up front, so the arena has exactly the peak number of live pages."""
+    """This rank's batches gathered from pages read into the slots of one arena. `readers` threads read pages
+    (and check their blocks) up to `lookahead` batches before the first batch that needs each; a slot is free
+    again after its page's last batch. The schedule is planned up front, so the arena holds exactly the peak
+    number of live pages and a read never lands in a slot still in use."""
 
-    def __init__(self, store: ImageStore, indices: np.ndarray, page_rows: int, mine: list[np.ndarray]):
+    def __init__(self, store: ImageStore, indices: np.ndarray, page_rows: int, mine: list[np.ndarray],
+                 lookahead: int, readers: int):
         self.store, self.p = store, page_rows
-        self.rows = [indices[m] for m in mine]
-        page_ids = [r // page_rows for r in self.rows]
+        rows = [indices[m] for m in mine]
+        page_ids = [r // page_rows for r in rows]
+        used = [np.unique(q).tolist() for q in page_ids]
+        first: dict[int, int] = {}
         last: dict[int, int] = {}
-        for k, q in enumerate(page_ids):
-            for page in np.unique(q).tolist():
+        for k, pages in enumerate(used):
+            for page in pages:
+                first.setdefault(page, k)
                 last[page] = k
-        free, self.slot, self.new = [], {}, []
-        count = 0
-        for k, q in enumerate(page_ids):
-            fresh = [page for page in np.unique(q).tolist() if page not in self.slot]
-            for page in fresh:
+        starts: list[list[int]] = [[] for _ in used]  # pages whose read is started at batch k
+        for page, k in first.items():
+            starts[max(0, k - lookahead)].append(page)
+        free, self.slot, self.start, count = [], {}, [], 0
+        for k, pages in enumerate(used):
+            for page in starts[k]:
                 if not free:
                     free.append(count)
                     count += 1
                 self.slot[page] = free.pop()
-            self.new.append([(page, self.slot[page]) for page in fresh])
-            # a page dies after its last batch; its slot is reused from the next batch on
-            free.extend(self.slot[page] for page in np.unique(q).tolist() if last[page] == k)
-        self.src = [self._src(r, q) for r, q in zip(self.rows, page_ids)]  # arena rows of each batch
+            self.start.append([(page, self.slot[page]) for page in starts[k]])
+            # a page dies after its last batch; its slot takes another page from the next batch on
+            free.extend(self.slot[page] for page in pages if last[page] == k)
+        self.used = used
+        self.src = [self._src(r, q) for r, q in zip(rows, page_ids)]  # arena rows of each batch
         self.arena = np.empty((count * page_rows,) + tuple(store.shape[1:]), dtype=np.uint8)
+        self.pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="compress-cache-reader")
+        self.pending: dict = {}
 
     def _src(self, rows: np.ndarray, pages: np.ndarray) -> np.ndarray:
         unique, inverse = np.unique(pages, return_inverse=True)
@@ -193,16 +211,23 @@ class _Pages:
         return slots[inverse] * self.p + rows - pages * self.p
 
     def gather(self, k: int, positions: np.ndarray, out: np.ndarray) -> None:
-        for page, slot in self.new[k]:
-            self._read(page, slot)
-        np.take(self.arena, self.src[k], axis=0, out=out)
+        for page, slot in self.start[k]:
+            self.pending[page] = self.pool.submit(self._read, page, slot)
+        for page in self.used[k]:
+            done = self.pending.pop(page, None)
+            if done is not None:
+                done.result()  # a damaged block raises here
+        np.take(self.arena, self.src[k], axis=0, out=out, mode="clip")  # see _TAKE
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _read(self, page: int, slot: int) -> None:
         r, n = self.store.block_rows, self.store.n
         lo, hi = page * self.p, min((page + 1) * self.p, n)
         dest = self.arena[slot * self.p:slot * self.p + hi - lo]
         first, last = lo // r, (hi - 1) // r
-        reader = self.store.reader()
+        reader = self.store.reader()  # this reader thread's own handle
         if lo % r == 0 and (hi % r == 0 or hi == n):  # whole blocks: straight into the slot
             reader.read_blocks(first, last, out=dest)
             return
@@ -213,10 +238,11 @@ class _Pages:
 class _Batches:
     """Builds batch k (its dataset indices and its images) into a buffer; reuses CPU buffers nobody holds."""
 
-    def __init__(self, source, indices: np.ndarray, mine: list[np.ndarray], shape: tuple, pin: bool):
+    def __init__(self, source, indices: np.ndarray, mine: list[np.ndarray], shape: tuple, pin: bool,
+                 spare: queue.SimpleQueue):
         self.source, self.indices, self.mine = source, indices, mine
         self.shape, self.pin = shape, pin
-        self.spare: queue.SimpleQueue = queue.SimpleQueue()
+        self.spare = spare  # the loader's: buffers carry over from one epoch to the next
 
     def buffer(self) -> torch.Tensor:
         if self.pin:  # torch's pinned allocator reuses a block only after the copies that read it are done
@@ -238,10 +264,23 @@ class _Batches:
         images = (buffer if buffer is not None else self.buffer()) if full else \
             torch.empty((len(positions),) + self.shape[1:], dtype=torch.uint8, pin_memory=self.pin)
         self.source.gather(k, positions, images.numpy())
-        return torch.from_numpy(self.indices[positions]), images
+        idx = torch.from_numpy(self.indices[positions])
+        return (idx.pin_memory() if self.pin else idx), images  # pinned: the step copies it without waiting
 
 
 _END = object()
+# _TAKE: np.take with out= and the default mode="raise" copies through a temporary buffer (numpy's documented
+# behaviour), at a third of memcpy's speed here; the indices are ours and in range, so mode="clip" changes no
+# value and writes straight into the batch.
+
+
+def _inline(batches: _Batches, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches built when asked, in the consumer's thread (prefetch=0)."""
+    try:
+        for k in range(count):
+            yield batches.build(k)
+    finally:
+        batches.source.close()
 
 
 def _ahead(batches: _Batches, count: int, depth: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -296,3 +335,6 @@ def _ahead(batches: _Batches, count: int, depth: int) -> Iterator[tuple[torch.Te
     finally:
         stop.set()
         thread.join()
+        batches.source.close()
+        while held:  # to the next epoch, those the consumer let go of
+            batches.give_back(held.popleft())

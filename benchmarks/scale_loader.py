@@ -1,0 +1,259 @@
+"""Scale, part `loader`: can the loader feed a GPU from a store larger than its RAM budget, and from RAM?
+
+Two ratios, each measured in the same run, rounds alternating A B A B on a shared machine (medians kept):
+
+    loader_paged_over_raw_read   bytes/s of the paged loader over one epoch (every block read and checked
+                                 against its sha256, batches gathered in the read-ahead thread) over bytes/s
+                                 of a plain sequential read of the same images.h5 (os.readv, 16 MiB), both
+                                 from a cold page cache: the file is evicted (posix_fadvise DONTNEED) before
+                                 each, and the eviction is checked by timing a warm read against a cold one
+    loader_ram_over_memcpy       bytes/s of in-RAM batches (np.take into reused buffers, in the thread) over
+                                 np.copyto of same-size contiguous buffers, the same number of bytes
+
+The store is synthetic (random pixels written by the store writer `prepare` uses, so the same layout, block
+checksums and fingerprint), built once under --work and reused: at 64 px, larger than the loader budget the
+paged run is given (`memory_limit`, as --loader-memory does), and a smaller 256 px one. The consumer does
+nothing with a batch: these are the loader's own rates, the ceiling it offers a training step. The loader
+of the previous commit (git HEAD of pipeline/data/loader.py before issue 17, `--old-loader REV`) is timed
+beside it when given. Projections: one epoch at 1.28 M and 13 M images of 256 px at the measured rates.
+
+    python benchmarks/scale_loader.py                 # ~1.6 GB + 0.8 GB of stores under artifacts/scale/loader
+    python benchmarks/scale_loader.py --quick         # small stores: checks the script, proves nothing
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
+from pipeline.data.imagestore import ImageStore, write_image_store  # noqa: E402
+from pipeline.data.loader import BatchLoader  # noqa: E402
+from pipeline.runtime.provenance import provenance  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "scale_loader.json"
+IMAGENET, IMAGENET21K, PX256 = 1_281_167, 13_000_000, 256 * 256 * 3
+
+
+class _Synthetic:
+    """Random uint8 rows made on demand, slice by slice: a source the store writer reads ~64 MiB at a time."""
+
+    def __init__(self, n: int, px: int):
+        self.shape, self.dtype = (n, px, px, 3), np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        lo, hi, _ = s.indices(self.shape[0])
+        return np.random.default_rng(lo).integers(0, 256, (hi - lo,) + self.shape[1:], dtype=np.uint8)
+
+
+def build(root: Path, n: int, px: int) -> ImageStore:
+    """A store of n random px-pixel images (all train), built once and reused."""
+    if not (root / "manifest.json").is_file():
+        t = time.perf_counter()
+        write_image_store(root, _Synthetic(n, px), np.arange(n) % 1000, np.zeros(n, np.uint8),
+                          [f"synthetic/{i:08d}" for i in range(n)], dataset="synthetic",
+                          classes=[str(c) for c in range(1000)], source="benchmarks/scale_loader.py")
+        print(f"built {root} ({n} x {px} px) in {time.perf_counter() - t:.0f} s", flush=True)
+    return ImageStore(root)
+
+
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (clean pages go at once), so the next read is cold."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def raw_read(path: Path, limit: int | None = None) -> tuple[int, float]:
+    """(bytes, seconds) of a plain sequential read of the file (the first `limit` bytes), 16 MiB at a time."""
+    buf = bytearray(16 << 20)
+    view, done = memoryview(buf), 0
+    fd = os.open(path, os.O_RDONLY)
+    t = time.perf_counter()
+    try:
+        size = os.fstat(fd).st_size if limit is None else limit
+        while done < size:
+            got = os.readv(fd, [view[:min(len(buf), size - done)]])
+            if got == 0:
+                break
+            done += got
+    finally:
+        os.close(fd)
+    return done, time.perf_counter() - t
+
+
+def loader_pass(loader, epochs: int = 1) -> tuple[int, float]:
+    """(bytes, seconds) of iterating the loader's first `epochs` epochs."""
+    t, done = time.perf_counter(), 0
+    for e in range(epochs):
+        for _, images in loader.epoch(e):
+            done += images.numel()
+    return done, time.perf_counter() - t
+
+
+def memcpy_pass(nbytes: int, batch_bytes: int) -> tuple[int, float]:
+    """(bytes, seconds) of copying `nbytes` as np.copyto of contiguous `batch_bytes` buffers (a few pairs,
+    reused, so the copies run from and to memory already touched, as the loader's reused buffers do)."""
+    src = [np.random.default_rng(k).integers(0, 256, batch_bytes, dtype=np.uint8) for k in range(4)]
+    dst = [np.empty(batch_bytes, np.uint8) for _ in range(4)]
+    for s, d in zip(src, dst):
+        np.copyto(d, s)
+    t, done, k = time.perf_counter(), 0, 0
+    while done < nbytes:
+        np.copyto(dst[k % 4], src[(k + 1) % 4])
+        done, k = done + batch_bytes, k + 1
+    return done, time.perf_counter() - t
+
+
+def sha256_pass(nbytes: int, block: int) -> tuple[int, float]:
+    """(bytes, seconds) of hashing `nbytes` in `block`-byte pieces from memory, on one core: the ceiling of any
+    read that checks every block on one thread."""
+    import hashlib
+    data = np.random.default_rng(0).integers(0, 256, 64 << 20, dtype=np.uint8)
+    t, done = time.perf_counter(), 0
+    while done < nbytes:
+        for lo in range(0, len(data), block):
+            hashlib.sha256(data[lo:lo + block]).digest()
+        done += len(data)
+    return done, time.perf_counter() - t
+
+
+def old_loader(rev: str):
+    """BatchLoader as it was at git revision `rev` (a module made from its source), or None."""
+    try:
+        src = subprocess.run(["git", "show", f"{rev}:pipeline/data/loader.py"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType("old_loader")
+    exec(compile(src, f"{rev}:pipeline/data/loader.py", "exec"), module.__dict__)
+    return module.BatchLoader
+
+
+def _rate(pair: tuple[int, float]) -> float:
+    return pair[0] / pair[1]
+
+
+def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old=None) -> dict:
+    path = store.root / "images.h5"
+    size = path.stat().st_size
+    idx = np.arange(store.n)
+    row_bytes = int(np.prod(store.shape[1:]))
+    # the eviction works: a warm read of 256 MiB against the same read after evicting
+    probe = min(size, 256 << 20)
+    raw_read(path, probe)
+    warm = _rate(raw_read(path, probe))
+    evict(path)
+    cold = _rate(raw_read(path, probe))
+    budget = store.n * row_bytes // 2  # the paged path, as --loader-memory below the store forces it
+    paged = BatchLoader(store, idx, batch, seed=0, memory_limit=budget, pin_memory=False)
+    assert not paged.in_memory
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds):  # A B A B: raw read, then the loader, each cold
+        evict(path)
+        rates.setdefault("raw_read", []).append(_rate(raw_read(path)))
+        evict(path)
+        rates.setdefault("loader_paged", []).append(_rate(loader_pass(paged)))
+        rates.setdefault("sha256_one_core", []).append(_rate(sha256_pass(256 << 20, store.block_rows * row_bytes)))
+        if old is not None:
+            evict(path)
+            rates.setdefault("old_loader_paged", []).append(_rate(loader_pass(
+                old(store, idx, batch, seed=0, in_memory=False, pin_memory=False))))
+    # in RAM: a subset of rows the size the budget allows here, gathered by random permutation
+    sub = idx[:ram_rows]
+    ram = BatchLoader(store, sub, batch, seed=0, in_memory=True, pin_memory=False)
+    old_ram = old(store, sub, batch, seed=0, in_memory=True, pin_memory=False) if old is not None else None
+    nb = len(ram)
+    epochs = max(1, -(-(2 << 30) // (nb * batch * row_bytes)))  # about 2 GiB of batches per timed pass
+    loader_pass(ram)  # warm-up: the batch buffers are allocated (and first touched) once, then reused
+    for _ in range(rounds):
+        got = loader_pass(ram, epochs)
+        rates.setdefault("loader_ram", []).append(_rate(got))
+        rates.setdefault("memcpy", []).append(_rate(memcpy_pass(got[0], batch * row_bytes)))
+        if old_ram is not None:
+            rates.setdefault("old_loader_ram", []).append(_rate(loader_pass(old_ram, epochs)))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    paged_ratio = [a / b for a, b in zip(rates["loader_paged"], rates["raw_read"])]
+    ram_ratio = [a / b for a, b in zip(rates["loader_ram"], rates["memcpy"])]
+    out = {
+        "n": store.n, "px": store.shape[1], "row_bytes": row_bytes, "file_bytes": size, "batch": batch,
+        "block_rows": store.block_rows, "page_rows": paged.page_rows, "window_pages": paged.window_pages,
+        "direct_reads": store.reader().direct, "paged_budget_bytes": budget,
+        "ram_rows": int(len(sub)), "ram_batches": nb, "ram_epochs_per_pass": epochs, "readers": paged.readers,
+        "eviction_check_bytes_per_s": {"warm": warm, "cold_after_evict": cold},
+        "bytes_per_s": {k: {"median": med[k], "rounds": v} for k, v in rates.items()},
+        "loader_paged_over_raw_read": statistics.median(paged_ratio),
+        "loader_paged_over_raw_read_range": [min(paged_ratio), max(paged_ratio)],
+        "loader_paged_over_sha256_one_core": med["loader_paged"] / med["sha256_one_core"],
+        "loader_ram_over_memcpy": statistics.median(ram_ratio),
+        "loader_ram_over_memcpy_range": [min(ram_ratio), max(ram_ratio)],
+    }
+    if old is not None:
+        out["new_over_old"] = {"paged": med["loader_paged"] / med["old_loader_paged"],
+                               "ram": med["loader_ram"] / med["old_loader_ram"]}
+    return out
+
+
+def _project(rate: float) -> dict:
+    return {name: {"images": n, "px": 256, "epoch_seconds": n * PX256 / rate}
+            for name, n in (("1.28M", IMAGENET), ("13M", IMAGENET21K))}
+
+
+def measure(work: Path, quick: bool = False, old_rev: str | None = None) -> dict:
+    """Both ratios on a 64 px store larger than the paged budget (and a 256 px one), stores under `work`."""
+    work = Path(work)
+    load = os.getloadavg()
+    old = old_loader(old_rev) if old_rev else None
+    sizes = {64: (20_000 if quick else 130_000, 256), 256: (1_000 if quick else 4_000, 256)}
+    result = {"quick": quick, "loadavg_before": load, "old_loader": old_rev if old is not None else None}
+    for px, (n, batch) in sizes.items():
+        store = build(work / f"store{px}_{n}", n, px)
+        ram_rows = min(n, (512 << 20) // (px * px * 3))  # 512 MiB in RAM: the in-RAM rate needs no more
+        result[f"{px}px"] = measure_store(store, batch, rounds=2 if quick else 3, ram_rows=ram_rows, old=old)
+        print(px, "px:", {k: v for k, v in result[f"{px}px"].items() if k.startswith("loader_")}, flush=True)
+    result["loader_paged_over_raw_read"] = min(result[f"{px}px"]["loader_paged_over_raw_read"] for px in sizes)
+    result["loader_ram_over_memcpy"] = min(result[f"{px}px"]["loader_ram_over_memcpy"] for px in sizes)
+    at256 = result["256px"]["bytes_per_s"]
+    result["projection_256px"] = {"paged": _project(at256["loader_paged"]["median"]),
+                                  "ram": _project(at256["loader_ram"]["median"]),
+                                  "raw_read": _project(at256["raw_read"]["median"])}
+    result["goals"] = {"loader_paged_over_raw_read": ">= 0.8", "loader_ram_over_memcpy": ">= 0.5"}
+    result["loadavg_after"] = os.getloadavg()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("artifacts/scale/loader"), help="synthetic stores (reused)")
+    ap.add_argument("--quick", action="store_true", help="small stores: checks the script, proves nothing")
+    ap.add_argument("--old-loader", default=None, metavar="REV",
+                    help="also time pipeline/data/loader.py as of this git revision (e.g. 7950c4d)")
+    ap.add_argument("--json", type=Path, default=RESULTS)
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    result = measure(a.work, a.quick, a.old_loader)
+    result["provenance"] = provenance(vars(a))
+    result["command"] = " ".join([os.path.relpath(sys.executable), *sys.argv])
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    path = a.json.with_name(a.json.stem + "_quick.json") if a.quick else a.json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
