@@ -80,3 +80,9 @@ def test_the_stage_on_the_fp16_matrix_equals_plain_arrays(tmp_path):
     ref = evaluate_features(x[train], labels[train], x[val], labels[val], 3, probe_epochs=3)
     for key in ("nn", "knn20", "linear", "ca", "ca_count"):
         assert m[key] == pytest.approx(ref[key]), key
+    # the memory-mapped matrix, read back from the stored copy: the same numbers, no scratch file left
+    mapped = evaluate(EvaluateConfig(data=tmp_path / "data", out=tmp_path / "r.json", random_init="resnet18",
+                                     small_input=True, probe_epochs=3, batch_size=16, device="cpu",
+                                     features_memmap=True))
+    assert all(mapped[key] == m[key] for key in ("nn", "knn20", "linear", "ca"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "r.features.npy", "r.features.npy.key", "r.json"]
