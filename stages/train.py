@@ -321,6 +321,8 @@ def _rank0_checkpoint(ckpt: Path, world: distributed.World) -> Path | io.BytesIO
     """What every rank resumes from: rank 0's checkpoint, or None when rank 0 has none (a start, even where a
     node-local --out holds an old file). A rank whose --out lacks rank 0's file, or holds another, receives its
     bytes, so every rank restores the same state before DDP wraps the model."""
+    if world.world_size == 1:
+        return ckpt if ckpt.exists() else None
     digest = sha256_file(ckpt) if ckpt.exists() else None
     every = distributed.all_gather_object(digest)
     if every[0] is None:
