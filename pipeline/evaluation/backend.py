@@ -19,7 +19,7 @@ try:  # faiss is optional: without it every protocol runs in torch
 except ImportError:  # pragma: no cover - exercised by monkeypatching `faiss = None` in the tests
     faiss = None
 
-CPU_BLOCK_BYTES = 32 << 20  # one float32 block of rows (or one similarity tile) on the CPU
+CPU_BLOCK_BYTES = 16 << 20  # one float32 block of rows (or one similarity tile) on the CPU
 GPU_BLOCK_BYTES = 512 << 20  # on a GPU: larger tiles keep it busy, and its memory is not the host's
 
 

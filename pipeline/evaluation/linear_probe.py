@@ -59,7 +59,7 @@ def standardiser(train_x, device: torch.device | str | None = None) -> tuple[tor
     for lo in range(0, len(train_x), rows):
         z = unit_block(train_x, lo, min(lo + rows, len(train_x)), device)
         total += z.sum(0, dtype=torch.float64)
-        squares += (z * z).sum(0, dtype=torch.float64)
+        squares += z.mul_(z).sum(0, dtype=torch.float64)  # in place: no second block
     mean = total / len(train_x)
     var = (squares / len(train_x) - mean ** 2).clamp_min(0)
     return mean.float(), var.sqrt().float().clamp_min(1e-6)
