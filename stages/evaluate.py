@@ -127,6 +127,7 @@ def _keyed_features(path: Path, key: dict, compute, layout: Layout, memmap_dir) 
             return x
     x = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.unlink(missing_ok=True)  # a run killed between the two writes must not pair new rows with an old key
     features.save(path, x, layout)
     write_text(key_path, json.dumps(key, indent=1) + "\n")
     return x
