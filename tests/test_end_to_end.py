@@ -29,7 +29,8 @@ def test_students_are_written_and_evaluated(pipeline_dir):
     for student in ("resnet18", "mobilenet_v2"):
         assert (d / student / "model.pt").is_file()
         log = [json.loads(line) for line in (d / student / "log.jsonl").read_text().splitlines()]
-        assert [r["event"] for r in log] == ["start", "epoch"] and log[0]["git_sha"]
+        assert [r["event"] for r in log] == ["start", "loader", "epoch"] and log[0]["git_sha"]
+        assert log[1]["mode"] == "ram"  # a tiny store is read into memory
         run("eval", "--data", d / "data", "--model", d / student / "model.pt",
             "--out", d / f"metrics/{student}.json", "--probe-epochs", "2")
         metrics = json.loads((d / f"metrics/{student}.json").read_text())
