@@ -62,6 +62,52 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+GPU_STEP = Path(__file__).resolve().parent / "results" / "train_step_gpu_224px.json"  # one H200, 224 px, bf16
+SIZES = {"1.28M": 1_281_167, "13M": 13_000_000}
+
+
+def _h(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def needs(parts: dict) -> str:
+    """What each stage needs at 1.28 M and 13 M images (256 px store, ResNet-50 teacher with 2048-d rows,
+    4 views, ResNet-18 student at 224 px), from the parts' projections and the H200 train-step benchmark.
+    'here' is this 2-core machine; 'one H200' divides the images by the rate measured on one H200 (an 8-GPU
+    node: divide by 8, if the loader keeps up - see the loader rows)."""
+    gpu = json.loads(GPU_STEP.read_text())["results"]["resnet18"]["img_per_s"] if GPU_STEP.is_file() else None
+    pre = parts.get("prepare", {}).get("imagefolder", {}).get("projection_256px", {})
+    cache = parts.get("cache", {}).get("projection", {})
+    loader = parts.get("loader", {}).get("projection_256px", {})
+    ev = parts.get("eval", {}).get("projection", {})
+    rows = ["| stage: what | 1.28 M (ImageNet) | 13 M (ImageNet-21k) |", "|---|---|---|"]
+
+    def row(label, fn):
+        try:
+            rows.append(f"| {label} | {fn('1.28M')} | {fn('13M')} |")
+        except (KeyError, TypeError):
+            rows.append(f"| {label} | not measured | not measured |")
+    row("prepare: disk (store; peak with its spool)",
+        lambda k: f"{pre[k]['disk_gb_store']:.0f} GB; {pre[k]['disk_gb_peak_with_spool']:.0f} GB")
+    row("prepare: RAM (main process)", lambda k: f"{pre[k]['ram_gb_main']:.1f} GB")
+    row("prepare: time here (2 decode workers)", lambda k: _h(pre[k]["hours_on_2_workers_here"] * 3600))
+    row("extract: cache on disk (4 views x 2048-d fp16)", lambda k: f"{cache[k + '_4views_2048d']['cache_gb']:.0f} GB")
+    row("extract: time on one H200 (ResNet-50 forward, 4 views)",
+        lambda k: _h(4 * SIZES[k] / gpu["teacher"]) if gpu else "-")
+    row("train: teacher rows, node RAM with 8 ranks (one shared copy; a copy each)",
+        lambda k: f"{cache[k + '_4views_2048d']['node_gb_8_ranks_one_shared_copy']:.0f} GB; "
+                  f"{cache[k + '_4views_2048d']['node_gb_8_ranks_a_copy_each']:.0f} GB "
+                  f"(`auto` on an H200: {cache[k + '_4views_2048d']['h200_auto']})")
+    row("train: one epoch of images here, loader in RAM / paged / the disk's raw read",
+        lambda k: " / ".join(_h(loader[m][k]["epoch_seconds"]) for m in ("ram", "paged", "raw_read")))
+    row("train: one epoch on one H200 (ResNet-18 compress step)", lambda k: _h(SIZES[k] / gpu["cached"]) if gpu else "-")
+    row("eval: features (fp16); peak host RAM", lambda k: f"{ev[k]['features_gb']:.1f} GB; "
+                                                        f"{ev[k]['peak_ram_gb_at_measured_ratio']:.1f} GB")
+    row("eval: time here (NN + kNN, CA, probe 40 epochs)",
+        lambda k: ", ".join(_h(ev[k]["hours_on_this_machine"][p] * 3600) for p in ("knn", "ca", "probe_40_epochs")))
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
@@ -93,6 +139,8 @@ def main() -> None:
             print(part, {k: v for k, v in measured.items() if k in GOALS}, flush=True)
     result = {"parts": parts, "summary": summary(parts)}
     print(table(result))
+    print()
+    print(needs(parts))
 
 
 if __name__ == "__main__":
