@@ -52,9 +52,9 @@ class BatchLoader:
                  window_pages: int = 16, pin_memory: bool | None = None, prefetch: int = 2,
                  readers: int | None = None, node: Node | None = None):
         """`in_memory=None` holds the training rows in RAM when they fit `memory_limit` bytes per node (default
-        a quarter of the node's RAM), else pages them. `page_rows` defaults to whole blocks, about 4 MiB;
+        a quarter of the node's RAM), else pages them. `page_rows` defaults to whole blocks, about 16 MiB;
         `window_pages` 16; `prefetch` 2 batches ahead (0: build each batch when asked, in this thread);
-        `readers` threads read and check pages about a window ahead (default min(4, CPUs));
+        `readers` threads read and check pages about a window ahead (default 4 to 8, by CPUs);
         `pin_memory=None` pins when CUDA is available; `node` says which ranks share this node's copy (one
         process by default)."""
         self.store = store
@@ -66,9 +66,13 @@ class BatchLoader:
         self.row_shape = tuple(store.shape[1:])
         row_bytes = int(np.prod(self.row_shape))
         block = store.block_rows
-        self.page_rows = page_rows or block * max(1, (4 << 20) // max(1, block * row_bytes))
+        # 16 MiB pages and >= 4 readers whatever the CPUs: a cold disk serves a shuffled order of pages near its
+        # sequential speed only with large requests, several in flight (4 MiB pages and 2 readers reached 0.37 of
+        # a sequential read here; benchmarks/scale_loader.py). Readers mostly wait on the disk, and sha256 releases
+        # the GIL, so more threads than cores is right.
+        self.page_rows = page_rows or block * max(1, (16 << 20) // max(1, block * row_bytes))
         self.window_pages, self.prefetch = window_pages, prefetch
-        self.readers = readers or min(4, os.cpu_count() or 1)
+        self.readers = readers or max(4, min(8, os.cpu_count() or 1))
         self._spare: queue.SimpleQueue = queue.SimpleQueue()  # CPU batch buffers nobody holds any more
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.node = node or Node()
