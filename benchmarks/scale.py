@@ -90,7 +90,8 @@ def needs(parts: dict) -> str:
     row("prepare: disk (store; peak with its spool)",
         lambda k: f"{pre[k]['disk_gb_store']:.0f} GB; {pre[k]['disk_gb_peak_with_spool']:.0f} GB")
     row("prepare: RAM (main process)", lambda k: f"{pre[k]['ram_gb_main']:.1f} GB")
-    row("prepare: time here (2 decode workers)", lambda k: _h(pre[k]["hours_on_2_workers_here"] * 3600))
+    row("prepare: time here (2 decode workers; 64 px PNG decoding scaled by pixels: rough)",
+        lambda k: _h(pre[k]["hours_on_2_workers_here"] * 3600))
     row("extract: cache on disk (4 views x 2048-d fp16)", lambda k: f"{cache[k + '_4views_2048d']['cache_gb']:.0f} GB")
     row("extract: time on one H200 (ResNet-50 forward, 4 views)",
         lambda k: _h(4 * SIZES[k] / gpu["teacher"]) if gpu else "-")
