@@ -1,11 +1,6 @@
 """Keeping the whole image: `prepare --fit letterbox` stores each photo whole in the square with its valid region;
 crops, renders and the evaluation view stay inside the region; square and centre-fit stores are unchanged."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -25,9 +20,9 @@ from pipeline.runtime.errors import CompressError
 from stages.prepare import PrepareConfig, prepare
 from stages.train import train
 from stages.train_config import config_from_dict
+from tests.prepare_fixtures import kill_prepare_at
 from tests.train_fixtures import cli
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(30, 40), (40, 30), (12, 48), (48, 12), (20, 20), (9, 31)]  # (H, W): 3:4, 4:3, 1:4, 4:1, square, odd
 
 
@@ -156,21 +151,7 @@ def test_a_killed_letterboxed_prepare_resumes_to_the_same_store(tmp_path):
     args = ["--dataset", "hdf5", "--source", str(tmp_path / "src.h5"), "--size", "8", "--block", "50",
             "--workers", "0"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "stages", "prepare", *args, "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta, deadline = out / "prepare-spool.json", time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            done = json.loads(meta.read_text())["done"]
-        except (OSError, ValueError):
-            done = 0
-        if done >= n // 10:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "prepare finished before it could be killed"
-    done = json.loads(meta.read_text())["done"]
+    done = kill_prepare_at(args, out, n // 10)
     assert 0 < done < n and not (out / "manifest.json").exists()
     resumed = prepare(PrepareConfig(dataset="hdf5", source=tmp_path / "src.h5", out=out, size=8, block=50,
                                     workers=0))

@@ -1,10 +1,4 @@
 """`prepare` streams: resumable after a kill, `--limit` before decoding, mixed sizes resized per image."""
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -17,8 +11,8 @@ from pipeline.data.imagestore import ImageStore
 from pipeline.data.sources.decode import decode_file
 from pipeline.runtime.errors import CompressError
 from stages.prepare import PrepareConfig, prepare
+from tests.prepare_fixtures import kill_prepare_at
 
-REPO = Path(__file__).resolve().parents[1]
 N = 20000
 
 
@@ -42,21 +36,7 @@ def test_a_killed_prepare_resumes_from_its_last_window_to_the_same_store(tmp_pat
     src = _h5_source(tmp_path / "src.h5")
     args = ["--dataset", "hdf5", "--source", str(src), "--block", "50", "--workers", "0"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "stages", "prepare", *args, "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta, done, deadline = out / "prepare-spool.json", 0, time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            done = json.loads(meta.read_text())["done"]
-        except (OSError, ValueError):
-            done = 0
-        if done >= N // 10:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "prepare finished before it could be killed"
-    done = json.loads(meta.read_text())["done"]
+    done = kill_prepare_at(args, out, N // 10)
     assert 0 < done < N and not (out / "manifest.json").exists()
 
     reads = []  # the windows the resumed run decodes: none before the last complete one
@@ -73,7 +53,7 @@ def test_a_killed_prepare_resumes_from_its_last_window_to_the_same_store(tmp_pat
     monkeypatch.setattr(stage, "plan", real_plan)
     prepare(PrepareConfig(dataset="hdf5", source=src, out=tmp_path / "whole", workers=0))
     _same_store(out, tmp_path / "whole")
-    assert not (out / "prepare-spool.u8").exists() and not meta.exists()
+    assert not (out / "prepare-spool.u8").exists() and not (out / "prepare-spool.json").exists()
 
 
 def _tree(root: Path, sizes) -> list[Path]:
