@@ -17,7 +17,7 @@ from stages.prepare import PrepareConfig, prepare
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory):
+def colours(module_dir):
     """96 images whose class is their colour (red, green, blue), with a bright square at a random place."""
     rng = np.random.default_rng(0)
     n = 96
@@ -27,7 +27,7 @@ def colours(tmp_path_factory):
     for i in range(n):
         y, x = rng.integers(0, 8, 2)
         images[i, y:y + 4, x:x + 4] = 255
-    root = tmp_path_factory.mktemp("colours")
+    root = module_dir
     write_image_store(root, images, labels, (np.arange(n) % 4 == 3).astype(np.uint8), [f"c{i}" for i in range(n)],
                       dataset="colours", classes=["r", "g", "b"], source="test")
     return ImageStore(root)

@@ -13,8 +13,8 @@ from tests.train_fixtures import make_tiny
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("baselines"), views=(1, 2))
+def tiny(module_dir):
+    return make_tiny(module_dir, views=(1, 2))
 
 
 def _cfg(d, out, **kw):

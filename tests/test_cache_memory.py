@@ -15,8 +15,8 @@ from tests.train_fixtures import make_tiny, run
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("cache_memory"), views=(2,))
+def tiny(module_dir):
+    return make_tiny(module_dir, views=(2,))
 
 
 def _cfg(d, out, **kw):

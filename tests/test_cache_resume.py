@@ -26,8 +26,8 @@ VOLATILE = {"created", "completed", "provenance"}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume")
+def setup(module_dir):
+    tmp = module_dir
     rng = np.random.default_rng(0)
     write_image_store(tmp / "data", rng.integers(0, 256, (N, 8, 8, 3), dtype=np.uint8), np.zeros(N),
                       np.zeros(N), [f"x{i}" for i in range(N)], dataset="random", classes=["a"], source="test")

@@ -17,8 +17,8 @@ class Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("cc_resume"))
+def tiny(module_dir):
+    return make_tiny(module_dir)
 
 
 def _cfg(d, out):

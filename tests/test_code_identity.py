@@ -14,8 +14,8 @@ from tests.train_fixtures import TINY, make_tiny
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("code"))
+def tiny(module_dir):
+    return make_tiny(module_dir)
 
 
 def _invoke(*args):

@@ -10,8 +10,8 @@ TINY = ["--input-size", "8", "--batch-size", "32", "--bank-size", "64", "--seed"
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
+def pipeline_dir(module_dir):
+    d = module_dir
     run("prepare", "--dataset", "digits", "--limit", "200", "--out", d / "data")
     run("teacher", "--data", d / "data", "--out", d / "teacher", "--epochs", "1", *TINY)
     run("extract", "--data", d / "data", "--weights", d / "teacher/model.pt", "--out", d / "t.zarr",

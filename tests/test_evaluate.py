@@ -19,12 +19,12 @@ FAST = dict(probe_epochs=2, batch_size=64, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(module_dir):
     rng = np.random.default_rng(0)
     n = 48
     labels = np.arange(n) % 3
     images = (rng.integers(0, 60, (n, 8, 8, 1)) + 60 * labels[:, None, None, None]).astype(np.uint8)
-    root = tmp_path_factory.mktemp("store")
+    root = module_dir
     m = write_image_store(root, images, labels, (np.arange(n) % 4 == 3).astype(np.uint8),
                           [f"x{i}" for i in range(n)], dataset="tiny", classes=["a", "b", "c"], source="test")
     return root, m["fingerprint"]

@@ -12,8 +12,8 @@ from pipeline.models.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
+def run(module_dir):
+    run_dir = module_dir
     backbone = build_backbone("resnet18", small_input=True, seed=3).eval()
     with torch.no_grad():  # move BN statistics away from their initial values, so the export must carry them
         backbone.train()(torch.randn(4, 3, 32, 32))

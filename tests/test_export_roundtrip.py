@@ -15,8 +15,8 @@ from pipeline.models.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roundtrip")
+def data(module_dir):
+    root = module_dir
     images = np.random.default_rng(0).integers(0, 256, (6, 20, 20, 3), dtype=np.uint8)
     write_image_store(root / "data", images, [0, 1] * 3, [0] * 6, [f"i{i}" for i in range(6)],
                       dataset="tiny", classes=["x", "y"], source="test")

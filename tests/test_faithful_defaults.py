@@ -24,8 +24,8 @@ STUDENTS = ["alexnet", "mobilenet_v2", "resnet18", "resnet34", "resnet50", "shuf
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("faithful"))
+def tiny(module_dir):
+    return make_tiny(module_dir)
 
 
 @pytest.mark.parametrize("arch", STUDENTS)

@@ -8,8 +8,8 @@ from pipeline.data.loader import BatchLoader
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("store")
+def store(module_dir):
+    out = module_dir
     n = 100
     images = (np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8))
     split = (np.arange(n) % 5 == 4).astype(np.uint8)

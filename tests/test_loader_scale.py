@@ -28,8 +28,8 @@ def _write(path, n=N, shape=(64, 64, 3)):
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    path = tmp_path_factory.mktemp("store")
+def stored(module_dir):
+    path = module_dir
     return _write(path), path
 
 

@@ -87,9 +87,9 @@ def launch(per_rank: list[list], code: str = CLI, extra_env: dict | None = None)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_dir):
     """make_tiny's store, teacher and cache, and other data (150 of the digits) with its own cache."""
-    d = make_tiny(tmp_path_factory.mktemp("multinode"))
+    d = make_tiny(module_dir)
     prepare(PrepareConfig(dataset="digits", limit=150, out=d / "other"))
     cli("extract", "--data", d / "other", "--weights", d / "t.pt", "--out", d / "other.zarr", "--batch-size", "64",
         "--device", "cpu", "--no-progress")

@@ -15,8 +15,8 @@ pytest.importorskip("stages.cli.extract")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
+def setup(module_dir):
+    root = module_dir
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
     write_image_store(root / "data", images, [0, 1, 0, 1], [0, 0, 1, 1], ["a", "b", "c", "d"],

@@ -25,9 +25,9 @@ STUDENT = "timm:mobilenetv3_small_100"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_dir):
     """200 digits, a random DINO-layout ViT teacher (patch 4, grid 4) and its cache at 8 px (grid 2)."""
-    d = tmp_path_factory.mktemp("timm")
+    d = module_dir
     prepare(PrepareConfig(dataset="digits", limit=200, out=d / "data"))
     torch.save(random_weights(official_shapes(patch=4, width=64, depth=2, grid=4)), d / "vit.pth")
     run("extract", "--data", d / "data", "--weights", d / "vit.pth", "--input-size", 8, "--out", d / "vit.zarr",

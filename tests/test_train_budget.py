@@ -13,8 +13,8 @@ from tests.train_fixtures import make_tiny
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("budget"))
+def tiny(module_dir):
+    return make_tiny(module_dir)
 
 
 def _run(tiny, out, **over):

@@ -29,8 +29,8 @@ def command(d: Path, out: Path, batch: int, launcher: list[str], bn_groups: int 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    d = make_tiny(tmp_path_factory.mktemp("ddp"))
+def runs(module_dir):
+    d = make_tiny(module_dir)
     one = [sys.executable, "-m", "stages"]
     subprocess.run(command(d, d / "one", 32, one), env=ENV, check=True, capture_output=True)
     subprocess.run(command(d, d / "ghost", 32, one, bn_groups=2), env=ENV, check=True, capture_output=True)

@@ -22,8 +22,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("resume"))
+def tiny(module_dir):
+    return make_tiny(module_dir)
 
 
 def command(d: Path, out: Path) -> list[str]:

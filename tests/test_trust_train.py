@@ -24,9 +24,9 @@ from stages.train_config import config_from_dict
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_dir):
     """200 digits, two narrow teachers (t.pt, t2.pt) and a cache of the first."""
-    d = tmp_path_factory.mktemp("trust")
+    d = module_dir
     prepare(PrepareConfig(dataset="digits", limit=200, out=d / "data"))
     for name, seed in (("t.pt", 1), ("t2.pt", 2)):
         save_model(d / name, build_backbone("resnet18_w16", small_input=True, seed=seed), default_preprocessing(8))

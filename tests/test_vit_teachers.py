@@ -28,8 +28,8 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vit")
+def root(module_dir):
+    root = module_dir
     images = np.random.default_rng(0).integers(0, 256, (5, 30, 26, 3), dtype=np.uint8)
     write_image_store(root / "data", images, [0, 1, 0, 1, 0], [0] * 5, [f"i{i}" for i in range(5)],
                       dataset="tiny", classes=["x", "y"], source="test")
