@@ -9,22 +9,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.data.imagestore import ImageStore
 from pipeline.data.loader import BatchLoader, memory_budget
 from pipeline.data.nodecopy import Node
 from pipeline.runtime.errors import CompressError
 from pipeline.runtime.memory import node_ram
 from stages.cli import main
+from tests.store_fixtures import random_store
 
 N = 600  # at 64 px (12 KiB rows) 85 rows per block: 8 blocks
 
 
 def _write(path, n=N, shape=(64, 64, 3)):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
-    write_image_store(path, images, np.arange(n) % 3, (np.arange(n) % 7 == 6).astype(np.uint8),
-                      [f"x/{i}" for i in range(n)], dataset="t", classes=list("abc"), source="test")
-    return images
+    return random_store(path, n, shape, classes=3, test_every=7)
 
 
 @pytest.fixture(scope="module")

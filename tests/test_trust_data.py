@@ -12,18 +12,15 @@ from click.testing import CliRunner
 
 from stages.cli import main
 from pipeline.runtime.errors import CompressError
-from pipeline.data.imagestore import ImageStore, write_image_store
+from pipeline.data.imagestore import ImageStore
 from pipeline.data.loader import BatchLoader
+from tests.store_fixtures import random_store
 
 N = 300
 
 
 def _store(path, n=N, shape=(6, 6, 3)):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
-    write_image_store(path, images, np.arange(n) % 4, (np.arange(n) % 5 == 4).astype(np.uint8),
-                      [f"x/{i}" for i in range(n)], dataset="t", classes=list("abcd"), source="test")
-    return images
+    return random_store(path, n, shape, classes=4, test_every=5)
 
 
 def _tamper_pixels(path, row):
