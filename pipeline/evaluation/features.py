@@ -142,19 +142,6 @@ def unit_rows(x, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.
     return unit_block(block, 0, len(rows), device)
 
 
-def as_fp16(x) -> np.ndarray:
-    """`x` as an fp16 numpy matrix: itself when it already is one, else converted block by block."""
-    if isinstance(x, np.ndarray) and x.dtype == DTYPE:
-        return x
-    out = np.empty(tuple(x.shape), dtype=DTYPE)
-    step = max(1, IO_ROWS_BYTES // (4 * max(1, x.shape[1])))
-    for lo in range(0, len(x), step):
-        block = x[lo:lo + step]
-        out[lo:lo + step] = (block.detach().cpu().float().numpy() if isinstance(block, torch.Tensor)
-                             else np.asarray(block))
-    return out
-
-
 # ---------------------------------------------------------------- the stored copy, in store order
 
 def _io_rows(dim: int) -> int:
