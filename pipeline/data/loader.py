@@ -114,7 +114,7 @@ class BatchLoader:
             if scratch is None:
                 scratch = np.empty((group * r,) + self.row_shape, dtype=np.uint8)
             block = reader.read_blocks(g0, g1, out=scratch[:hi - lo])
-            np.take(block, rows[a:b] - lo, axis=0, out=out[a:b], mode="clip")  # "clip": no temporary copy
+            _gather(_rows_of(block), rows[a:b] - lo, out[a:b])
 
     def describe(self) -> dict:
         """What the run log records about the read mode."""
