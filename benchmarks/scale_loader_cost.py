@@ -12,7 +12,8 @@ seconds over wall seconds, so 2.0 is both cores):
     loader_unchecked  the paged loader with its per-block check replaced by nothing (here only)
     loader            the paged loader as shipped
 
-    .venv/bin/python benchmarks/scale_loader_cost.py     # ~3 min on a quiet machine; needs the 64 px store
+    .venv/bin/python benchmarks/scale_loader_cost.py --rounds 3   # ~1.5 min on a quiet machine, once the 64 px
+                                                                  # store exists (else it is built: 3.7 GB)
 """
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("artifacts/scale/loader"), help="synthetic stores (reused)")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error(f"--rounds {a.rounds}: give 1 or more rounds")
     store = build(a.work / "store64_300000", 300_000, 64)
     load = os.getloadavg()
     result = {"store": {"n": store.n, "px": store.shape[1], "bytes": (store.root / "images.h5").stat().st_size,
