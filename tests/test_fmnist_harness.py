@@ -151,3 +151,37 @@ def test_every_network_ends_in_a_map_larger_than_1x1():
     assert all(min(hw) >= 2 for hw in fmnist.check_geometry(S).values())
     with pytest.raises(fmnist.CompressError, match="1x1"):
         fmnist.check_geometry({**S, "input_size": 32})
+
+
+def test_the_readme_section_is_generated_from_the_tables_and_spliced_between_its_markers(tmp_path):
+    study = fmnist.Study(tmp_path, smoke=True)
+    first = study.s["students"][0]
+    run = fmnist.Run(first, "compress-2q", 0, "ssl")
+    fmnist._write_json(study.runs_dir / f"{run.name}.json", {
+        "run": {"name": run.name, "student": first, "method": run.method, "seed": 0, "teacher": "ssl",
+                "variant": {}},
+        "identity": {"settings": study.run_settings(run), "eval": study.s["eval"], "teacher_sha256": None},
+        "metrics": {"nn": 81.25, "knn20": 82.0, "linear": 83.0, "ca": 55.0},
+        "agreement": {"ssl": {"agree10": 0.4, "agree1": 0.3}},
+        "loss_curve": {"bins": [3.0, 2.0, 1.9], "last_quarter_drop": 0.0432}, "train_seconds": 10.0,
+        "eval_seconds": 5.0, "code_digest": "abc"})
+    fmnist._write_json(study.runs_dir / "teacher-ssl.json", {"arch": "resnet18_w32", "metrics": {
+        "nn": 90.0, "knn20": 84.0, "linear": 85.0, "ca": 50.0}})
+    fmnist._write_json(study.runs_dir / "pixels.json", {"metrics": {"nn": 85.0, "knn20": 84.5, "linear": 84.0,
+                                                                    "ca": 40.0}, "agreement": {}})
+    fmnist.write_tables(study, readme=True)
+    section = (tmp_path / "readme_section.md").read_text()
+    assert section.startswith(tables.README_BEGIN) and section.rstrip().endswith(tables.README_END)
+    assert "1 of " in section and "INCOMPLETE" in section
+    # the teacher beats pixels on NN (90 > 85) but not on kNN-20 (84 < 84.5): it has not passed them
+    assert "| ssl | resnet18_w32 | 90.00 | 84.00 | 85.00 | 50.00 | no |" in section
+    assert "| ssl | resnet18_w16 | compress-2q | 1 | 81.2 |" in section  # a student row, from the tables
+    assert "ssl / resnet18_w16 / compress-2q: +4.3 %" in section
+    assert "**Not measured yet:** (1) ssl teacher" in section  # no baseline ran: nothing to compare with
+
+    readme = "# title\n\nbefore\n" + tables.README_BEGIN + "\nold table\n" + tables.README_END + "\nafter\n"
+    out = tables.splice(readme, section)
+    assert out.startswith("# title\n\nbefore\n" + section.rstrip("\n")) and out.endswith("\nafter\n") and "old table" not in out
+    assert tables.splice(out, section) == out  # regenerating is idempotent
+    with pytest.raises(ValueError, match="no study section"):
+        tables.splice("# a README without the markers\n", section)
