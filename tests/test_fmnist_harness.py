@@ -31,9 +31,11 @@ def test_the_plan_has_every_run_the_issue_asks_for_once():
             assert 0 in filled[(group, setting)], (group, setting)
     for key in (("source", "live"), ("source", "multiview"), ("momentum", "without")):  # paired claims 3, 4, 7
         assert filled[key] == set(S["seeds"])
-    # seed 0 of the whole main table comes before any second seed
+    # seed 0 of the first student (main table and ablations) before any second seed; the second student last
     first_seed1 = min(i for i, r in enumerate(runs) if r.seed == 1)
-    assert all(r.seed == 0 for r in runs[:first_seed1]) and first_seed1 >= 2 * 16
+    assert all(r.seed == 0 and r.student == first for r in runs[:first_seed1]) and first_seed1 == 16 + 10
+    first_second = min(i for i, r in enumerate(runs) if r.student == second)
+    assert all(r.student == second for r in runs[first_second:]) and len(runs) - first_second == 16
 
 
 def _result(run, nn):
