@@ -815,6 +815,16 @@ def expected_minutes(run: Run, done: dict) -> float:
     return statistics.median((r["train_wall_seconds"] + r["eval_seconds"]) / 60 for r in same)
 
 
+def estimated_minutes(run: Run, estimate: dict, s: dict) -> float | None:
+    """Minutes `estimate` projects for a run: its epochs at the measured rate of its kind, plus one evaluation."""
+    kind = run.method + ("+live" if dict(run.variant).get("teacher_source") == "live" else "")
+    rate = estimate["rates"].get(f"{run.student}/{kind}")
+    if rate is None:
+        return None
+    seconds = s["student_train"]["epochs"] * estimate["n_train"] / rate["img_per_s"] + rate.get("fixed_seconds", 0)
+    return (seconds + estimate["eval_seconds"][run.student]) / 60
+
+
 def cmd_status(study: Study) -> None:
     done = study.finished()
     runs = plan(study.s, done)
@@ -825,6 +835,19 @@ def cmd_status(study: Study) -> None:
         print(f"teacher {name}: " + (f"made ({rec['stopped']})" if rec else "NOT MADE"))
     print(f"{len(runs) - len(todo)} of {len(runs)} runs done; {len(todo)} left, ~{left / 60:.1f} h by the "
           f"finished runs' times (0 for kinds not yet timed; `estimate` projects them)")
+    path = study.results / "fmnist_estimate.json"
+    if path.is_file():  # how the estimate's CPU-time projection compares with the wall clock of finished runs
+        estimate = json.loads(path.read_text())
+        pairs = [(estimated_minutes(r, estimate, study.s), (done[r.name]["train_wall_seconds"]
+                                                            + done[r.name]["eval_seconds"]) / 60)
+                 for r in runs if r.name in done]
+        pairs = [(e, w) for e, w in pairs if e is not None]
+        rest = [estimated_minutes(r, estimate, study.s) for r in todo]
+        if pairs and None not in rest:
+            est, wall = sum(e for e, _ in pairs), sum(w for _, w in pairs)
+            print(f"the {len(pairs)} finished runs took {wall / 60:.2f} h of wall time; `estimate` projected "
+                  f"{est / 60:.2f} h for them (x{wall / est:.2f}); at that ratio the {len(todo)} left take "
+                  f"~{sum(rest) * wall / est / 60:.1f} h (`estimate` alone: {sum(rest) / 60:.1f} h)")
     for r in todo[:10]:
         print(f"  next: {r.name}")
 

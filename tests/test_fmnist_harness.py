@@ -187,3 +187,16 @@ def test_the_readme_section_is_generated_from_the_tables_and_spliced_between_its
     assert tables.splice(out, section) == out  # regenerating is idempotent
     with pytest.raises(ValueError, match="no study section"):
         tables.splice("# a README without the markers\n", section)
+
+
+def test_the_estimate_projects_each_run_from_the_rate_of_its_kind():
+    first = S["students"][0]
+    estimate = {"n_train": 60000, "eval_seconds": {first: 30.0},
+                "rates": {f"{first}/compress-2q": {"img_per_s": 1000.0, "fixed_seconds": 6.0},
+                          f"{first}/compress-2q+live": {"img_per_s": 500.0}}}
+    epochs = S["student_train"]["epochs"]
+    cached = fmnist.estimated_minutes(fmnist.Run(first, "compress-2q", 1, "ssl", (("tau", 0.2),)), estimate, S)
+    assert cached == pytest.approx((epochs * 60 + 6 + 30) / 60)
+    live = fmnist.Run(first, "compress-2q", 0, "ssl", (("teacher_source", "live"),))
+    assert fmnist.estimated_minutes(live, estimate, S) == pytest.approx((epochs * 120 + 30) / 60)
+    assert fmnist.estimated_minutes(fmnist.Run(first, "crd", 0, "ssl"), estimate, S) is None  # not timed
