@@ -4,8 +4,8 @@ per student, a teacher curve point and an extraction, on the study's data; proje
 Before the teachers exist, a randomly initialised network of the teacher's architecture stands in for them (a
 step costs the same whatever the weights). Every time is measured in CPU seconds (user + system) and divided by
 the torch threads (its wall times are recorded beside, as `*_wall_*`). That is the wall time only when both
-cores are busy throughout, and they are not: the finished runs took 2.3 times this projection by the wall clock
-(`fmnist.py status` compares them; docs/fmnist.md). It was run with OMP_WAIT_POLICY=passive, under which
+cores are busy throughout, and they are not: the finished runs took about 2.4 times this projection by the
+wall clock (`fmnist.py status` compares them; docs/fmnist.md). It was run with OMP_WAIT_POLICY=passive, under which
 waiting threads sleep and count nothing; alone, that policy slows training about 3 times
 (benchmarks/omp_wait.py). A kind's rate comes from two runs of N and 3N steps
 (their difference: 2N steps without the fixed cost of building, loading the cache, CC's k-means, the first
