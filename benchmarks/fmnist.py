@@ -731,7 +731,10 @@ def write_tables(study: Study, readme: bool = False) -> dict:
         if study.smoke:
             target.write_text(section + "\n")
         else:
-            target.write_text(tables.splice(target.read_text(), section))
+            try:
+                target.write_text(tables.splice(target.read_text(), section))
+            except ValueError as e:  # the README lost its markers: say which file and what to restore
+                raise CompressError(f"{target}: {e}; restore the two marker lines, then run `tables` again") from None
         print(f"wrote the study section of {target}")
     print(tables.main_markdown(main_rows))
     print(tables.claims_markdown(found))
