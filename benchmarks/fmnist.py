@@ -257,6 +257,7 @@ class Study:
         self.results = (self.work / "results") if smoke else RESULTS
         self.runs_dir = self.results / "fmnist_runs"
         self.teachers_dir = (self.work / "teachers-made") if smoke else TEACHERS
+        self.readme: Path | None = None if smoke else README  # smoke: the section alone, in work/
         self._caches: dict = {}
         self._fingerprint: str | None = None
         self.excluded: list[str] = []  # result files made with other settings, left out of the tables
@@ -688,6 +689,7 @@ def write_tables(study: Study, readme: bool = False) -> dict:
     """Every table from the finished runs; with `readme`, also the README's study section (`tables` does; a
     sitting of `run` leaves the README to the commit that follows `tables`)."""
     s = study.s
+    readme_text = _readme_with_markers(study.readme) if readme and study.readme else None  # refuse before writing
     main_rows, ablation_rows, done = collect(study)
     planned = plan(s, done)
     finished = [r for r in planned if r.name in done]
@@ -727,19 +729,27 @@ def write_tables(study: Study, readme: bool = False) -> dict:
     plot_losses(done, s, study.results / "fmnist_loss_curves.png")
     if readme:  # the README's study section, only from what was just written
         section = tables.readme_section(main, ablations)
-        target = study.work / "readme_section.md" if study.smoke else README
-        if study.smoke:
+        if study.readme is None:
+            target = study.work / "readme_section.md"
             target.write_text(section + "\n")
         else:
-            try:
-                target.write_text(tables.splice(target.read_text(), section))
-            except ValueError as e:  # the README lost its markers: say which file and what to restore
-                raise CompressError(f"{target}: {e}; restore the two marker lines, then run `tables` again") from None
+            target = study.readme
+            target.write_text(tables.splice(readme_text, section))
         print(f"wrote the study section of {target}")
     print(tables.main_markdown(main_rows))
     print(tables.claims_markdown(found))
     print(f"wrote {study.results}/fmnist_main.{{json,md}}, fmnist_ablations.{{json,md}}, fmnist_loss_curves.png")
     return main
+
+
+def _readme_with_markers(path: Path) -> str:
+    """The README's text, checked to have the study section's markers (else one line naming the file)."""
+    text = path.read_text()
+    try:
+        tables.splice(text, "")
+    except ValueError as e:  # the README lost its markers: say which file and what to restore
+        raise CompressError(f"{path}: {e}; restore the two marker lines, then run `tables` again") from None
+    return text
 
 
 def flatness(done: dict) -> list[dict]:

@@ -188,6 +188,21 @@ def test_the_readme_section_is_generated_from_the_tables_and_spliced_between_its
     with pytest.raises(ValueError, match="no study section"):
         tables.splice("# a README without the markers\n", section)
 
+    # a README (here a stand-in for the repository's) is spliced in place; one without markers is refused
+    # before any table is written, so a failed `tables` leaves every file as it was
+    study.readme = tmp_path / "README.md"
+    study.readme.write_text(readme)
+    fmnist.write_tables(study, readme=True)
+    spliced = study.readme.read_text()
+    assert "old table" not in spliced and "| ssl | resnet18_w16 | compress-2q | 1 | 81.2 |" in spliced
+    study.readme.write_text("# a README without the markers\n")
+    for f in study.results.glob("fmnist_*.*"):
+        f.unlink()
+    with pytest.raises(fmnist.CompressError, match=r"README.md: .*restore the two marker lines"):
+        fmnist.write_tables(study, readme=True)
+    assert not list(study.results.glob("fmnist_*.*"))
+    assert study.readme.read_text() == "# a README without the markers\n"
+
 
 def test_the_estimate_projects_each_run_from_the_rate_of_its_kind():
     first = S["students"][0]
