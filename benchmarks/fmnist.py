@@ -752,15 +752,17 @@ def _readme_with_markers(path: Path) -> str:
     return text
 
 
+def _seed0_main(done: dict) -> list[dict]:
+    """The finished seed-0 runs of the main grid (no ablation variant), by name: those whose curves are shown."""
+    return [r for r in sorted(done.values(), key=lambda r: r["run"]["name"])
+            if r["run"]["seed"] == 0 and not r["run"]["variant"]]
+
+
 def flatness(done: dict) -> list[dict]:
     """Each seed-0 main run's training-loss fall over its last quarter (`last_quarter_drop`; flat: near 0)."""
-    out = []
-    for r in sorted(done.values(), key=lambda r: r["run"]["name"]):
-        spec, drop = r["run"], r["loss_curve"].get("last_quarter_drop")
-        if spec["seed"] == 0 and not spec["variant"] and drop is not None:
-            out.append({"teacher": spec["teacher"] or "ref", "student": spec["student"], "method": spec["method"],
-                        "last_quarter_drop": drop})
-    return out
+    return [{"teacher": r["run"]["teacher"] or "ref", "student": r["run"]["student"], "method": r["run"]["method"],
+             "last_quarter_drop": r["loss_curve"]["last_quarter_drop"]}
+            for r in _seed0_main(done) if r["loss_curve"].get("last_quarter_drop") is not None]
 
 
 def plot_losses(done: dict, s: dict, path: Path) -> None:
@@ -774,9 +776,10 @@ def plot_losses(done: dict, s: dict, path: Path) -> None:
     colour = {p: f"C{k}" for k, p in enumerate(pairs)}
     fig, axes = plt.subplots(2, (len(methods) + 1) // 2, figsize=(16, 6), squeeze=False)
     for ax, method in zip(axes.flat, methods):
-        for r in sorted(done.values(), key=lambda r: pairs.index((r["run"]["teacher"] or "ref", r["run"]["student"]))):
+        for r in sorted(_seed0_main(done),
+                        key=lambda r: pairs.index((r["run"]["teacher"] or "ref", r["run"]["student"]))):
             spec, bins = r["run"], r["loss_curve"].get("bins")
-            if spec["method"] == method and spec["seed"] == 0 and not spec["variant"] and bins:
+            if spec["method"] == method and bins:
                 pair = (spec["teacher"] or "ref", spec["student"])
                 ax.plot(np.linspace(0, 1, len(bins)), np.array(bins) / bins[0], color=colour[pair],
                         label=" ".join(pair))
