@@ -54,9 +54,11 @@ def read_config(out: Path) -> dict | None:
         return None
 
 
-def check_config(cfg: TrainConfig, out: Path, identity: dict) -> str | None:
-    """None when `out` is new or holds a run with these settings, code and identity; else the message to stop
-    with. Writes nothing: config.json is written by `write_config` once the inputs have been checked."""
+def check_config(cfg: TrainConfig, out: Path, identity: dict) -> tuple[str | None, bool]:
+    """(problem, start_over): problem is the message to stop with, None when `out` is new or holds a run with
+    these settings, code and identity or one to start over; start_over says that the run in `out` is to be
+    cleared (--restart). Writes and removes nothing: the trainer clears the folder and writes config.json once
+    every input has been checked, so a refused start leaves the folder as it was."""
     current = {**record(cfg), "identity": identity}
     saved = read_config(out)
     if saved is not None:
@@ -65,16 +67,17 @@ def check_config(cfg: TrainConfig, out: Path, identity: dict) -> str | None:
                                                   else [])
         first_checkpoint_written = (out / "checkpoint.pt").exists()
         if cfg.restart == "always" or (changed and (cfg.restart == "if-changed" or not first_checkpoint_written)):
-            clear_run(out)  # nothing trained is lost when no checkpoint was ever written
-        elif changed:
+            return None, True  # nothing trained is lost when no checkpoint was ever written
+        if changed:
             diffs = ", ".join(f"{k}: {saved.get(k, '(default)')!r} -> {current[k]!r}" for k in changed[:4]
                               if k != "identity")
             if "identity" in changed:  # both named, by content: which data, which teacher
                 diffs = "; ".join(filter(None, [diffs, f"trained on {describe(saved['identity'])}, this command "
                                                        f"gives {describe(identity)}"]))
             return (f"{out} holds a run with other settings, code or data ({diffs}); resume with the same "
-                    f"settings and inputs, start it over with --restart if-changed, or choose a new --out folder")
-    return None
+                    f"settings and inputs, start it over with --restart if-changed, or choose a new --out folder",
+                    False)
+    return None, False
 
 
 def write_config(cfg: TrainConfig, out: Path, identity: dict) -> None:

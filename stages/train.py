@@ -40,7 +40,7 @@ from pipeline.runtime.run_identity import describe, run_identity
 from pipeline.runtime.run_log import RunLog
 from pipeline.runtime.schedules import lr_schedule
 from pipeline.runtime.seeding import counter_generator
-from stages.run_folder import check_config, lock_run, write_config
+from stages.run_folder import check_config, clear_run, lock_run, write_config
 from stages.train_config import TrainConfig, check_settings
 
 _READ_LOSSES_EVERY = 50  # steps between reads of the losses from a GPU (each read waits for the device)
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) -> Run:
-    # ------------------------------------------------------------------ checks, identity, run folder, log
+    # ------------------------------------------------------------------ checks, identity, run folder
     check_settings(cfg, device)
     with distributed.stop_together():  # a process that cannot read its inputs stops every process
         store = ImageStore(cfg.data)
@@ -251,19 +251,15 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
                              "--teacher-weights)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    problem = distributed.broadcast_object(check_config(cfg, out, identity) if world.is_main else None)
+    problem, start_over = distributed.broadcast_object(check_config(cfg, out, identity) if world.is_main else None)
     if problem:
         raise CompressError(problem)
-    log = RunLog(out, tensorboard=cfg.tensorboard, rank=world.rank)
-    log.event("start", {**provenance(asdict(cfg)), "augmentation": cfg.augmentation(),
-                        "world_size": world.world_size})
 
     # ------------------------------------------------------------------ data
     train_indices = store.indices("train")
     loader = BatchLoader(store, train_indices, cfg.batch_size, seed=cfg.seed, rank=world.rank,
                          world_size=world.world_size, memory_limit=memory_budget(cfg.loader_memory),
                          pin_memory=device.type == "cuda", node=node_of(world))
-    log.event("loader", loader.describe())
     if len(loader) == 0:
         raise CompressError(f"--batch-size {cfg.batch_size} x {world.world_size} processes is larger than the "
                             f"{len(train_indices)} training images; use a smaller batch")
@@ -280,7 +276,8 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
         rows, crops, attrs = _load_teacher_rows(cfg, store, device, world)
         teacher = attrs.get("teacher")
     ckpt = out / "checkpoint.pt"
-    resume = _rank0_checkpoint(ckpt, world)  # rank 0 decides whether the run resumes, for every rank
+    # rank 0 decides whether the run resumes, for every rank; a run started over ignores the folder's checkpoint
+    resume = None if start_over else _rank0_checkpoint(ckpt, world)
     data = DataInfo(num_items=len(store.labels), train_indices=train_indices, num_classes=store.num_classes,
                     teacher_rows=rows)
     method = build_method(cfg.method, student, teacher_dim=live.dim if live else (rows.shape[-1] if rows is not None
@@ -302,13 +299,24 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     # ------------------------------------------------------------------ resume, then DDP around restored weights
-    step = 0
+    step, restored = 0, None
     if resume is not None:
         state = restore_checkpoint(resume, expect_identity=identity, method=method, optimizer=optimizer,
                                    scaler=scaler)
-        step = state["step"]
-        log.event("resume", {"step": step, "restored": state["restored"]})
-    if world.is_main:  # every input has been read and checked: now the folder is pinned to this run
+        step, restored = state["step"], state["restored"]
+
+    # ------------------------------------------------------------------ every input has been read and checked:
+    # only now does the run write to its folder (a refused run leaves no log, no TensorBoard file, no config,
+    # and a run it was to replace untouched)
+    if start_over and world.is_main:
+        clear_run(out)
+    log = RunLog(out, tensorboard=cfg.tensorboard, rank=world.rank)
+    log.event("start", {**provenance(asdict(cfg)), "augmentation": cfg.augmentation(),
+                        "world_size": world.world_size})
+    log.event("loader", loader.describe())
+    if resume is not None:
+        log.event("resume", {"step": step, "restored": restored})
+    if world.is_main:  # the folder is pinned to this run
         write_config(cfg, out, identity)
     step_fn = Step(cfg, device, method, _distributed(method, device, world), optimizer, scaler, lrs,
                    tuple(store.manifest["shape"][:2]), torch.from_numpy(store.labels).to(device), rows, crops,

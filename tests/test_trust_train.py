@@ -156,10 +156,23 @@ def test_a_second_writer_on_a_run_folder_is_refused(tiny, tmp_path):
 # ---------------------------------------------------------------- case 5: a refused start pins nothing
 def test_a_refused_start_does_not_lock_the_folder(tiny, tmp_path):
     with pytest.raises(Exception, match="needs a teacher"):
-        train(cfg(tiny, tmp_path / "run", cache=None))
+        train(cfg(tiny, tmp_path / "run", cache=None, tensorboard=True))
     assert not (tmp_path / "run" / "config.json").exists()
+    assert not (tmp_path / "run" / "log.jsonl").exists() and not (tmp_path / "run" / "tb").exists()
     train(cfg(tiny, tmp_path / "run"))  # the fixed command is not "other settings"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["identity"]["teacher"]
+
+
+@pytest.mark.parametrize("restart", ["always", "if-changed"])
+def test_a_refused_start_over_leaves_the_run_it_was_to_replace(tiny, tmp_path, restart):
+    out = tmp_path / "run"
+    train(cfg(tiny, out))
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    # a start over refused only after the data is loaded: the batch is larger than the 200 images
+    with pytest.raises(CompressError, match="--batch-size 4096 .* larger than the"):
+        train(cfg(tiny, out, restart=restart, batch_size=4096))
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and (out / "model.pt").exists()
 
 
 def test_an_empty_config_json_without_a_checkpoint_is_written_again(tiny, tmp_path):
