@@ -842,6 +842,7 @@ def estimated_minutes(run: Run, estimate: dict, s: dict) -> float | None:
 
 
 def cmd_status(study: Study) -> None:
+    study.prepare()  # a finished run is matched to the data by its fingerprint; a fresh clone has no data yet
     done = study.finished()
     runs = plan(study.s, done)
     todo = study.pending(runs, done)
