@@ -267,7 +267,8 @@ def readme_section(main: dict, ablations: dict) -> str:
         "**Students** (`benchmarks/results/fmnist_main.json`):", "", main_markdown(students),
         "**The claims**, each a paired difference over the seeds both sides ran (mean ± standard error; `n` seeds):",
         "", claims_markdown(main["claims"]),
-        "**Verdict so far:**", "", verdict_summary(main["claims"]),
+        "**Verdict (at 2 epochs" + ("" if st["complete"] else "; provisional: the study is incomplete") + "):**", "",
+        verdict_summary(main["claims"]),
         "**Ablations** (SSL teacher, first student, compress-2q; `benchmarks/results/fmnist_ablations.json`):", "",
         ablations_markdown(ablations["rows"]),
         "**Has the training loss flattened?** Its relative fall over the last quarter of training, seed 0, per run "
