@@ -23,11 +23,16 @@ from pipeline.runtime import distributed
 
 def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
     """(N,) cluster id of every cached row: k-means on the training rows only, then nearest centroid for all.
-    A multi-view cache is clustered on view 0, the un-augmented centre crop (what the paper clustered)."""
+    A multi-view cache is clustered on view 0, the un-augmented centre crop (what the paper clustered).
+
+    The rows stay in the cache's dtype and place: k-means copies only the training rows (it normalises them
+    into fp16 itself) and the assignment widens one block at a time, so no float32 copy of the whole cache is
+    made (10.5 GB for ImageNet's 1.28 M x 2048 rows). The ids equal those of clustering a float32 copy."""
     from pipeline.evaluation.cluster_assignment import assign, kmeans
-    x = rows[:, 0] if rows.ndim == 3 else rows
-    x = x.float().cpu().numpy()
-    centroids = kmeans(x[train_indices], k, niter=niter, seed=seed)
+    x = rows[:, 0] if rows.ndim == 3 else rows  # a view
+    train = x[torch.as_tensor(train_indices, dtype=torch.long, device=x.device)]
+    centroids = kmeans(train, k, niter=niter, seed=seed)
+    del train
     return torch.from_numpy(assign(x, centroids))
 
 
