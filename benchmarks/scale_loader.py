@@ -15,6 +15,9 @@ Two ratios, each measured in the same run, rounds alternating A B A B on a share
                                  in a 32 MiB L3 cache while the loader's 0.5 GB copy cannot; that figure is
                                  still recorded, as `memcpy_cache_resident`.)
 
+Beside each paged pass and raw read, `cores_busy`: the process's CPU time over the wall time (2.0 is both
+cores of this machine), which says whether the pass was bound by the CPU or by the disk.
+
 The store is synthetic (random pixels written by the store writer `prepare` uses, so the same layout, block
 checksums and fingerprint), built once under --work and reused: at 64 px, larger than the loader budget the
 paged run is given (`memory_limit`, as --loader-memory does), and a smaller 256 px one. The consumer does
@@ -157,6 +160,15 @@ def _rate(pair: tuple[int, float]) -> float:
     return pair[0] / pair[1]
 
 
+def _with_cores(fn, busy: list[float]):
+    """fn()'s result; appends the cores this process kept busy meanwhile (user + system CPU time / wall)."""
+    t0, c0 = time.perf_counter(), os.times()
+    out = fn()
+    c1, wall = os.times(), time.perf_counter() - t0
+    busy.append((c1.user - c0.user + c1.system - c0.system) / wall)
+    return out
+
+
 def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old=None) -> dict:
     path = store.root / "images.h5"
     size = path.stat().st_size
@@ -172,11 +184,13 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
     paged = BatchLoader(store, idx, batch, seed=0, memory_limit=budget, pin_memory=False)
     assert not paged.in_memory
     rates: dict[str, list[float]] = {}
+    cores: dict[str, list[float]] = {"raw_read": [], "loader_paged": []}  # CPU time / wall: is it CPU-bound?
     for _ in range(rounds):  # A B A B: raw read, then the loader, each cold
         evict(path)
-        rates.setdefault("raw_read", []).append(_rate(raw_read(path)))
+        rates.setdefault("raw_read", []).append(_rate(_with_cores(lambda: raw_read(path), cores["raw_read"])))
         evict(path)
-        rates.setdefault("loader_paged", []).append(_rate(loader_pass(paged)))
+        rates.setdefault("loader_paged", []).append(_rate(_with_cores(lambda: loader_pass(paged),
+                                                                      cores["loader_paged"])))
         rates.setdefault("sha256_one_core", []).append(_rate(sha256_pass(256 << 20, store.block_rows * row_bytes)))
         if old is not None:
             evict(path)
@@ -206,6 +220,7 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
         "ram_rows": int(len(sub)), "ram_batches": nb, "ram_epochs_per_pass": epochs, "readers": paged.readers,
         "eviction_check_bytes_per_s": {"warm": warm, "cold_after_evict": cold},
         "bytes_per_s": {k: {"median": med[k], "rounds": v} for k, v in rates.items()},
+        "cores_busy": {k: {"median": statistics.median(v), "rounds": v} for k, v in cores.items()},
         "loader_paged_over_raw_read": statistics.median(paged_ratio),
         "loader_paged_over_raw_read_range": [min(paged_ratio), max(paged_ratio)],
         "loader_paged_over_sha256_one_core": med["loader_paged"] / med["sha256_one_core"],
