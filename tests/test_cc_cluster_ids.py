@@ -1,6 +1,7 @@
 """CC's cluster ids come from the cache's own rows without a float32 copy of the whole cache, and are the ids a
-float32 copy would give."""
+float32 copy would give; more clusters than training images is refused in train's own terms."""
 import numpy as np
+import pytest
 import torch
 
 from pipeline.evaluation.cluster_assignment import assign, kmeans
@@ -38,3 +39,15 @@ def test_the_cache_rows_are_not_changed_and_ids_depend_on_the_seed():
     assert torch.equal(rows, before)
     assert a.dtype == torch.int64 and a.shape == (400,)
     assert not torch.equal(a, b)
+
+
+def test_more_clusters_than_training_images_is_refused_naming_the_train_option():
+    from pipeline.methods import DataInfo, build_method
+    from pipeline.runtime.errors import CompressError
+    from tests.tiny_student import TinyStudent
+    data = DataInfo(num_items=10, train_indices=np.arange(8), num_classes=2,
+                    teacher_rows=torch.nn.functional.normalize(torch.randn(10, 4), dim=1))
+    with pytest.raises(CompressError, match=r"--clusters 9 is more than the 8 training images"):
+        build_method("cc", TinyStudent(), teacher_dim=4, data=data, hp={"clusters": 9, "seed": 0})
+    method = build_method("cc", TinyStudent(), teacher_dim=4, data=data, hp={"clusters": 8, "seed": 0})
+    assert method.ids.shape == (10,) and (method.ids >= 0).all()

@@ -19,6 +19,7 @@ from torch import nn
 from pipeline.methods.losses import cluster_classification_loss
 from pipeline.methods.base import BuildContext, Method, register
 from pipeline.runtime import distributed
+from pipeline.runtime.errors import CompressError
 
 
 def cluster_ids(rows: torch.Tensor, train_indices: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
@@ -49,7 +50,11 @@ class ClusterClassification(Method):
     @classmethod
     def build(cls, name: str, ctx: BuildContext) -> "ClusterClassification":
         data = ctx.data
-        k = ctx.hp["clusters"] or min(10 * data.num_classes, len(data.train_indices))
+        n_train = len(data.train_indices)
+        k = ctx.hp["clusters"] or min(10 * data.num_classes, n_train)
+        if k > n_train:  # the setting's lower bound is checked with the others; this one needs the data
+            raise CompressError(f"--clusters {k} is more than the {n_train} training images CC clusters; use "
+                                f"--clusters {n_train} or fewer")
         # resuming, the checkpoint holds the ids: k-means again would cost ~30 min at ImageNet scale
         ids = unassigned(data.num_items)
         if not ctx.resuming:
