@@ -299,11 +299,9 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     # ------------------------------------------------------------------ resume, then DDP around restored weights
-    step, restored = 0, None
-    if resume is not None:
-        state = restore_checkpoint(resume, expect_identity=identity, method=method, optimizer=optimizer,
-                                   scaler=scaler)
-        step, restored = state["step"], state["restored"]
+    state = None if resume is None else restore_checkpoint(resume, expect_identity=identity, method=method,
+                                                           optimizer=optimizer, scaler=scaler)
+    step = 0 if state is None else state["step"]
 
     # ------------------------------------------------------------------ every input has been read and checked:
     # only now does the run write to its folder (a refused run leaves no log, no TensorBoard file, no config,
@@ -314,8 +312,8 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
     log.event("start", {**provenance(asdict(cfg)), "augmentation": cfg.augmentation(),
                         "world_size": world.world_size})
     log.event("loader", loader.describe())
-    if resume is not None:
-        log.event("resume", {"step": step, "restored": restored})
+    if state is not None:
+        log.event("resume", {"step": step, "restored": state["restored"]})
     if world.is_main:  # the folder is pinned to this run
         write_config(cfg, out, identity)
     step_fn = Step(cfg, device, method, _distributed(method, device, world), optimizer, scaler, lrs,
