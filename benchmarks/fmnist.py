@@ -604,11 +604,12 @@ class Study:
 def knn_scores(model_file: Path, store: ImageStore, e: dict) -> dict:
     """NN and kNN-20 (%) of a model file's features on the test images: a teacher curve's point."""
     from pipeline.runtime.device import pick_device
-    from pipeline.evaluation.embed import embed_all
+    from pipeline.evaluation.embed import embed_blocks
     from pipeline.evaluation.knn import KNNConfig, knn_classify
     from pipeline.models.modelfile import load_model
     backbone, meta = load_model(model_file)
-    z = embed_all(backbone, store, meta["preprocessing"], 256, pick_device("cpu")).numpy()
+    blocks = embed_blocks(backbone, store, meta["preprocessing"], 0, store.n, 256, pick_device("cpu"))
+    z = torch.cat([z for _, z in blocks]).numpy()
     train, val = store.indices("train"), store.indices("val")
     nn, knn = knn_classify(z[train], store.labels[train], z[val], store.num_classes,
                            KNNConfig(k=e["knn_k"], tau=e["knn_tau"]))

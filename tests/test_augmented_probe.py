@@ -84,8 +84,8 @@ def test_learns_the_colour_classes(colours):
 
     net = MeanColour()
     pre = default_preprocessing(8)
-    from pipeline.evaluation.embed import embed_all
-    x = embed_all(net, store, pre, 64)
+    from tests.embed_store import embed_store
+    x = embed_store(net, store, pre, 64)
     predict, _ = train_augmented_probe(net, store, train, pre, x[train], store.labels[train], 3,
                                        AugmentedProbeConfig(epochs=20, batch_size=16))
     assert np.mean(predict(x[val]) == store.labels[val]) > 0.9

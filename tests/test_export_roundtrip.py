@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from stages.cli import main
-from pipeline.evaluation.embed import embed_all
+from tests.embed_store import embed_store
 from pipeline.data.imagestore import ImageStore, write_image_store
 from pipeline.models.modelfile import default_preprocessing, load_model, save_model
 from pipeline.models.backbones import build_backbone
@@ -49,7 +49,7 @@ def test_state_dict_export_extracts_to_the_model_files_rows(data, tmp_path, arch
     assert attrs["teacher"]["arch"] == arch and attrs["teacher"]["small_input"] is True
     assert attrs["teacher"]["preprocessing"] == pre
     model, meta = load_model(tmp_path / "run" / "model.pt")
-    ref = embed_all(model, ImageStore(data / "data"), meta["preprocessing"])  # its centre crops, l2-normalised
+    ref = embed_store(model, ImageStore(data / "data"), meta["preprocessing"])  # its centre crops, l2-normalised
     assert (z.float() - ref).abs().max() <= 1e-5
 
 

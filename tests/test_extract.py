@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cache.errors import CacheError
 from cache.load import load_crops, load_embeddings
 from stages.cli import main
-from pipeline.evaluation.embed import embed_all
+from tests.embed_store import embed_store
 from pipeline.data.imagestore import ImageStore, write_image_store
 from pipeline.models.modelfile import default_preprocessing, save_model
 from pipeline.models.backbones import build_backbone
@@ -42,7 +42,7 @@ def test_extract_matches_the_teacher_and_is_reused(tmp_path):
     assert result["shards_written"] == 3 and result["attributes"]["complete"]
     z, attrs = load_embeddings(tmp_path / "c.zarr", expect_fingerprint=ImageStore(data).fingerprint)
     teacher, identity = load_teacher(weights)
-    expected = embed_all(teacher, ImageStore(data), identity["preprocessing"], batch_size=8)
+    expected = embed_store(teacher, ImageStore(data), identity["preprocessing"], batch_size=8)
     assert z.shape == (40, 512) and torch.allclose(z, expected, atol=1e-5)
     assert attrs["teacher"] == identity and attrs["provenance"]["git_sha"]
     again = extract(cfg(tmp_path, data, weights, dtype="float32"))  # same request: nothing recomputed

@@ -38,8 +38,3 @@ def embed_blocks(backbone: torch.nn.Module, store: ImageStore, preprocessing: di
             z = backbone(x)
         yield lo, F.normalize(z.float(), dim=1).cpu()
 
-
-def embed_all(backbone, store, preprocessing, batch_size=256, device=torch.device("cpu"), **kw) -> torch.Tensor:
-    """(N, D) l2-normalised embeddings of every row of the store."""
-    parts = [z for _, z in embed_blocks(backbone, store, preprocessing, 0, store.n, batch_size, device, **kw)]
-    return torch.cat(parts)
