@@ -79,6 +79,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=4, help="passes over every row per timed round")
     p.add_argument("--mib", type=int, default=512, help="size of the in-RAM array")
     a = p.parse_args()
+    if min(a.rounds, a.repeats) < 1:
+        p.error(f"--rounds {a.rounds} and --repeats {a.repeats} must be at least 1")
+    if (a.mib << 20) < BATCH * 256 * 256 * 3:  # a whole batch of the largest rows, 48 MiB
+        p.error(f"--mib {a.mib} is smaller than one batch of 256 px rows (48 MiB); use --mib 64 or more")
     result = {f"{px}px": measure(px, a.rounds, a.repeats, a.mib) for px in (64, 256)}
     result["summary"] = {k: {m: round(v[m], 3) for m in ("random_over_sequential", "sorted_over_random",
                                                           "two_threads_over_one")} for k, v in result.items()}
