@@ -43,6 +43,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     a = ap.parse_args()
     repo = a.checkout.resolve()
+    if not all((repo / part).is_dir() for part in ("pipeline", "stages", "tests")):
+        ap.error(f"checkout {a.checkout} is not a compress-cache checkout (it needs pipeline/, stages/ and tests/); "
+                 f"make one with `git worktree add DIR REV`")
+    if a.steps < 1:
+        ap.error(f"--steps {a.steps} must be at least 1")
     sys.path.insert(0, str(repo))
     import torch
     import pipeline
