@@ -22,21 +22,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
-from pipeline.data.loader import _gather, _rows_of  # noqa: E402
+from benchmarks.gather_threads import random_rows  # noqa: E402
+from pipeline.data.loader import _gather  # noqa: E402
 from pipeline.runtime.provenance import provenance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gather_pattern.json"
 BATCH = 256
 
 
-def _pass(kind: str, rows: np.ndarray, flat: np.ndarray, perm: np.ndarray, out: np.ndarray, pool,
-          repeats: int) -> float:
-    """Bytes/s of `repeats` passes over every row, batch by batch, in the given pattern."""
-    n, row = rows.shape
+def _pass(kind: str, rows: np.ndarray, batches: list[np.ndarray], out: np.ndarray, pool, repeats: int) -> float:
+    """Bytes/s of `repeats` passes over every batch in the given pattern."""
+    row = rows.shape[1]
+    flat = rows.reshape(-1)
     t, done = time.perf_counter(), 0
     for _ in range(repeats):
-        for lo in range(0, n - BATCH + 1, BATCH):
-            which = perm[lo:lo + BATCH]
+        for k, which in enumerate(batches):
             if kind == "random":
                 _gather(rows, which, out)
             elif kind == "sorted":
@@ -45,26 +45,23 @@ def _pass(kind: str, rows: np.ndarray, flat: np.ndarray, perm: np.ndarray, out: 
                 half = pool.submit(_gather, rows, which[:BATCH // 2], out[:BATCH // 2])
                 _gather(rows, which[BATCH // 2:], out[BATCH // 2:])
                 half.result()
-            else:  # sequential: 256 consecutive rows, one contiguous copy
-                np.copyto(out.reshape(-1), flat[lo * row:(lo + BATCH) * row])
+            else:  # sequential: the k-th 256 consecutive rows, one contiguous copy
+                np.copyto(out.reshape(-1), flat[k * BATCH * row:(k + 1) * BATCH * row])
             done += BATCH * row
     return done / (time.perf_counter() - t)
 
 
 def measure(px: int, rounds: int, repeats: int, mib: int) -> dict:
-    row = px * px * 3
-    n = (mib << 20) // row
-    images = np.random.default_rng(0).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
-    rows, flat = _rows_of(images), images.reshape(-1)
+    rows, batches = random_rows(px, mib)
+    n, row = rows.shape
     out = np.empty((BATCH, row), np.uint8)
-    perm = np.random.default_rng(1).permutation(n)
     kinds = ("sequential", "random", "sorted", "random_two_threads")
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     with ThreadPoolExecutor(1) as pool:
-        _pass("random", rows, flat, perm, out, pool, 1)  # warm-up: pages touched, pool started
+        _pass("random", rows, batches, out, pool, 1)  # warm-up: pages touched, pool started
         for _ in range(rounds):
             for kind in kinds:
-                rates[kind].append(_pass(kind, rows, flat, perm, out, pool, repeats))
+                rates[kind].append(_pass(kind, rows, batches, out, pool, repeats))
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {"px": px, "rows": n, "row_bytes": row, "batch": BATCH,
             "bytes_per_s": {k: {"median": med[k], "rounds": v} for k, v in rates.items()},

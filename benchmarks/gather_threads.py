@@ -60,12 +60,19 @@ def _in_thread(fn) -> float:
     return took["seconds"]
 
 
-def gather_rates(px: int, rounds: int) -> dict:
+def random_rows(px: int, mib: int = 512) -> tuple[np.ndarray, list[np.ndarray]]:
+    """An in-RAM copy of `mib` MiB of random px x px x 3 rows, (N, row bytes), and one epoch of 256-row batches
+    drawn by a seeded permutation, as the loader draws them (benchmarks/gather_pattern.py uses them too)."""
     row = px * px * 3
-    n = (512 << 20) // row
+    n = (mib << 20) // row
     rows = np.random.default_rng(0).integers(0, 256, (n, row), dtype=np.uint8)
     order = np.random.default_rng(1).permutation(n)
-    batches = [order[k:k + 256] for k in range(0, n - 255, 256)]
+    return rows, [order[k:k + 256] for k in range(0, n - 255, 256)]
+
+
+def gather_rates(px: int, rounds: int) -> dict:
+    rows, batches = random_rows(px)
+    n, row = rows.shape
     out = np.empty((256, row), dtype=np.uint8)
     nbytes = len(batches) * 256 * row
     rates: dict[str, list[float]] = {"np_take": [], "index_select": []}
