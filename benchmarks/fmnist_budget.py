@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,16 +36,6 @@ from pipeline.runtime.errors import CompressError  # noqa: E402
 
 FLAT = 0.02  # the most a flat loss may fall over its last quarter (relative)
 NOT_JUDGED = {"crd"}  # its loss climbs towards chance as its memories fill, whatever the student learns
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def probe_run(study: fmnist.Study, method: str) -> fmnist.Run:
@@ -63,7 +52,7 @@ def identity(study: fmnist.Study, run: fmnist.Run, epochs: int) -> dict:
 
 def train_one(study: fmnist.Study, run: fmnist.Run, epochs: int) -> dict:
     from pipeline.runtime.code_digest import code_digest
-    from pipeline.runtime.provenance import provenance
+    from pipeline.runtime.provenance import machine, provenance
     from stages.train import train
     from stages.train_config import config_from_dict
     hp = {**study.run_settings(run), "epochs": epochs}
@@ -83,7 +72,7 @@ def train_one(study: fmnist.Study, run: fmnist.Run, epochs: int) -> dict:
             "loss_bins": curve.get("bins", []), "epoch_loss": [e.get("loss") for e in log],
             "train_wall_seconds": round(wall, 1),
             "img_per_s": round(sum(e["img_per_s"] for e in log) / max(1, len(log)), 1),
-            "cpu": cpu_model(), "load_average": os.getloadavg(), "code_digest": code_digest(),
+            "cpu": machine()["cpu"], "load_average": os.getloadavg(), "code_digest": code_digest(),
             "provenance": provenance({"probe": "fmnist_budget"})}
 
 

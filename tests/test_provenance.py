@@ -1,5 +1,6 @@
 """git_sha: '+dirty' means the code differs from the commit; the pipeline's own committed outputs do not count."""
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,11 @@ def test_rewritten_pipeline_outputs_do_not_make_the_code_dirty(repo):
 def test_a_changed_code_file_does(repo):
     (repo / "code.py").write_text("x = 2")
     assert provenance.git_sha().endswith("+dirty")
+
+
+def test_the_machine_is_recorded_with_its_cpu_model():
+    m = provenance.provenance({"x": 1})["machine"]
+    assert m["cpus"] >= 1 and m["system"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "model name" in cpuinfo.read_text():
+        assert m["cpu"] not in ("", "x86_64", "aarch64")  # the model's name, not only the architecture

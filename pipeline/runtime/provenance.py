@@ -1,8 +1,9 @@
-"""What produced an artifact: git SHA, arguments, package versions, time. Logged with every run."""
+"""What produced an artifact: git SHA, arguments, package versions, machine, time. Logged with every run."""
 from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -42,6 +43,21 @@ def versions() -> dict:
     return out
 
 
+def machine() -> dict:
+    """The CPU model, the CPUs this process may use, and the OS. Worth recording: the same code and seed train to
+    other weights on another CPU model (its kernels round differently; docs/fmnist.md)."""
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model here; platform.processor() gives only the architecture there
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cpus": usable, "system": platform.platform()}
+
+
 def provenance(arguments: dict | None = None) -> dict:
     """A record to store beside (or inside) every artifact."""
     return {
@@ -50,6 +66,7 @@ def provenance(arguments: dict | None = None) -> dict:
         "command": " ".join(sys.argv),
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in (arguments or {}).items()},
         "versions": versions(),
+        "machine": machine(),
     }
 
 
