@@ -102,13 +102,33 @@ def test_regression_loss_decreases_under_gradient_steps():
 
 def test_crd_loss_properties():
     s, t = _unit(8, 16, seed=1), _unit(8, 16, seed=2)
+    ps, pt = _unit(8, 16, seed=5), _unit(8, 16, seed=6)  # the memories of the batch's own images
     ms, mt = _unit(64, 16, seed=3), _unit(64, 16, seed=4)
-    assert crd_loss(s, t, ms, mt, 0.07).item() >= 0
-    # aligned pairs are easier than misaligned ones
-    assert crd_loss(t, t, ms, mt, 0.07) < crd_loss(s, t, ms, mt, 0.07)
-    assert crd_loss(s * 4, t * 0.3, ms, mt, 0.07).item() == pytest.approx(crd_loss(s, t, ms, mt, 0.07).item(), rel=1e-5)
-    history = _descends(lambda x: crd_loss(x, t, ms, mt, 0.07), torch.randn(8, 16), lr=0.5)
+    assert crd_loss(s, t, ps, pt, ms, mt, 0.07).item() >= 0
+    # a query that matches its own image's memory on the other side is easier than one that does not
+    assert crd_loss(pt, ps, ps, pt, ms, mt, 0.07) < crd_loss(s, t, ps, pt, ms, mt, 0.07)
+    assert crd_loss(s * 4, t * 0.3, ps, pt, ms, mt, 0.07).item() == pytest.approx(
+        crd_loss(s, t, ps, pt, ms, mt, 0.07).item(), rel=1e-5)
+    # the student's term descends (t matches its positive, so the teacher's term is small and fixed)
+    history = _descends(lambda x: crd_loss(x, ps, ps, pt, ms, mt, 0.07), torch.randn(8, 16), lr=0.5)
     assert history[-1] < 0.5 * history[0]
+
+
+def test_crd_loss_gives_nothing_for_drifting_away_from_the_memories():
+    """Both heads aligned, the memories caught up with them, all in a narrow cone as real embeddings are. Rotating
+    both current embeddings together away from the cone: with positives taken from the memories (CRD's), the loss
+    rises; with the other side's current embedding as the positive it would collapse (the pair stays aligned
+    while every negative looks unlike the query), a reward for drifting rather than for aligning."""
+    gen = torch.Generator().manual_seed(0)
+    cone = torch.nn.functional.normalize(torch.ones(1, 16) + 0.3 * torch.randn(256, 16, generator=gen), dim=1)
+    memory_s = memory_t = cone
+    idx, neg = torch.arange(8), torch.arange(8, 256)
+    s = t = cone[idx]
+    rotation = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0]
+    args = (memory_s[idx], memory_t[idx], memory_s[neg], memory_t[neg], 0.07)
+    assert crd_loss(s @ rotation, t @ rotation, *args) > crd_loss(s, t, *args)
+    drifted = infonce(s @ rotation, t @ rotation, memory_t[neg], 0.07)  # the other side's current embedding
+    assert drifted < 0.1 * infonce(s, t, memory_t[neg], 0.07)
 
 
 def test_crd_loss_masks_a_negative_that_is_the_query_itself():
@@ -117,14 +137,14 @@ def test_crd_loss_masks_a_negative_that_is_the_query_itself():
     mt[0] = t[0]  # memory row 0 is image 0 itself
     exclude = torch.zeros(4, 10, dtype=torch.bool)
     exclude[0, 0] = True
-    masked = crd_loss(t, t, ms, mt, 0.07, exclude)
+    masked = crd_loss(t, t, t, t, ms, mt, 0.07, exclude)
     other = mt.clone()
     other[0] = _unit(1, 16, seed=9)[0]
-    assert masked < crd_loss(t, t, ms, mt, 0.07)
+    assert masked < crd_loss(t, t, t, t, ms, mt, 0.07)
     column = torch.zeros(4, 10, dtype=torch.bool)
     column[:, 0] = True  # masked for every query: its content no longer matters
-    assert crd_loss(t, t, ms, mt, 0.07, column).item() == pytest.approx(
-        crd_loss(t, t, ms, other, 0.07, column).item(), rel=1e-6)
+    assert crd_loss(t, t, t, t, ms, mt, 0.07, column).item() == pytest.approx(
+        crd_loss(t, t, t, t, ms, other, 0.07, column).item(), rel=1e-6)
 
 
 def _entropy_of_teacher(t, queue, tau):

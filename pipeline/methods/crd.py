@@ -3,7 +3,9 @@
 Both sides get a training-only linear embedding into `dim` dimensions (l2-normalised). Two memories hold, for
 every training image (indexed by its dataset index), a momentum average of its student and teacher embeddings.
 Each step draws K images from the training set; the student embedding must pick its own image's teacher
-embedding against those K teacher memories, and vice versa (pipeline/methods/losses.py crd_loss).
+memory against those K teacher memories, and vice versa (pipeline/methods/losses.py crd_loss). As in CRD, a
+memory row is written only when its image is visited, so in the first epoch an image's positive is still the
+random initial row.
 
 dim   embedding width (128)
 K     negatives per step (CRD: 16,384; clip to the data for small sets)
@@ -11,8 +13,8 @@ tau   temperature (0.07)
 m     memory momentum: memory <- normalise(m * memory + (1 - m) * new) (CRD: 0.5)
 
 Simplifications, stated: InfoNCE over 1 + K instead of NCE with an estimated normaliser; one set of K negatives
-shared by the whole batch (not K per sample), a negative that is the query's own image is masked out; the
-positive is the current teacher embedding, not its memory. Negatives are drawn from a generator seeded by
+shared by the whole batch (not K per sample), a negative that is the query's own image is masked out. Negatives
+are drawn from a generator seeded by
 (seed, number of draws so far), a buffer: a resumed run draws the same ones.
 """
 from __future__ import annotations
@@ -62,7 +64,8 @@ class CRD(Method):
         zt = nn.functional.normalize(self.embed_t(t.float()).float(), dim=1)  # B x dim
         neg = self._negatives()  # K dataset indices
         exclude = idx.view(-1, 1) == neg.view(1, -1)  # B x K: the query's own image is no negative
-        loss = crd_loss(zs, zt, self.memory_s[neg], self.memory_t[neg], self.tau, exclude)
+        loss = crd_loss(zs, zt, self.memory_s[idx], self.memory_t[idx], self.memory_s[neg], self.memory_t[neg],
+                        self.tau, exclude)
         self._pending = (idx, zs.detach(), zt.detach())
         return loss, {}
 

@@ -57,17 +57,23 @@ def regression_loss(s_projected: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (F.normalize(s_projected, dim=1) - F.normalize(t, dim=1)).pow(2).sum(1).mean()
 
 
-def crd_loss(s: torch.Tensor, t: torch.Tensor, student_negatives: torch.Tensor,
-             teacher_negatives: torch.Tensor, tau: float, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """CRD (Tian et al. 2020), symmetric: the student embedding must pick its own image's teacher embedding out
-    of K teacher embeddings of other images, and the teacher embedding its student embedding out of K student
-    ones. s, t: (B, D) (the 128-d linear embeddings of both sides); *_negatives: (K, D) rows from the memories.
+def crd_loss(s: torch.Tensor, t: torch.Tensor, student_positives: torch.Tensor, teacher_positives: torch.Tensor,
+             student_negatives: torch.Tensor, teacher_negatives: torch.Tensor, tau: float,
+             exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """CRD (Tian et al. 2020), symmetric: the student embedding s must pick its own image's teacher memory out of
+    K teacher memories of other images, and the teacher embedding t its own image's student memory out of K
+    student ones. s, t: (B, D) (the 128-d linear embeddings of both sides); *_positives: (B, D) the memories of
+    the batch's own images; *_negatives: (K, D) memories of other images.
 
+    Positives come from the memories as negatives do (CRD's ContrastMemory scores the memory of the positive
+    index): scored against the other side's *current* embedding instead, both heads could lower the loss by
+    drifting together away from what the lagging memories hold, without aligning anything new.
     The paper's NCE with a fixed normaliser is replaced by the exact softmax over 1 + K (InfoNCE), which CRD's
     authors report works as well; it needs no estimate of the partition function. exclude: (B, K) bool, True
     where negative j is image i itself (drawn from memory by chance).
     """
-    return infonce(s, t, teacher_negatives, tau, exclude) + infonce(t, s, student_negatives, tau, exclude)
+    return (infonce(s, teacher_positives, teacher_negatives, tau, exclude)
+            + infonce(t, student_positives, student_negatives, tau, exclude))
 
 
 def seed_loss(s: torch.Tensor, t: torch.Tensor, queue: torch.Tensor, tau_student: float,
