@@ -14,8 +14,7 @@ m     memory momentum: memory <- normalise(m * memory + (1 - m) * new) (CRD: 0.5
 
 Simplifications, stated: InfoNCE over 1 + K instead of NCE with an estimated normaliser; one set of K negatives
 shared by the whole batch (not K per sample), a negative that is the query's own image is masked out. Negatives
-are drawn from a generator seeded by
-(seed, number of draws so far), a buffer: a resumed run draws the same ones.
+are drawn from a generator seeded by (seed, number of draws so far), a buffer: a resumed run draws the same ones.
 """
 from __future__ import annotations
 
