@@ -45,9 +45,13 @@ def probe_run(study: fmnist.Study, method: str) -> fmnist.Run:
     return fmnist.Run(first, method, study.s["seeds"][0], teacher)
 
 
+def settings(study: fmnist.Study, run: fmnist.Run, epochs: int) -> dict:
+    """The study's settings for `run`, at `epochs`."""
+    return {**study.run_settings(run), "epochs": epochs}
+
+
 def identity(study: fmnist.Study, run: fmnist.Run, epochs: int) -> dict:
-    hp = {**study.run_settings(run), "epochs": epochs}
-    return {"settings": hp, "teacher_sha256": (study.teacher_record(run.teacher) or {}).get("sha256")
+    return {"settings": settings(study, run, epochs), "teacher_sha256": (study.teacher_record(run.teacher) or {}).get("sha256")
             if run.teacher else None, "data": study.fingerprint()}
 
 
@@ -56,7 +60,7 @@ def train_one(study: fmnist.Study, run: fmnist.Run, epochs: int) -> dict:
     from pipeline.runtime.provenance import machine, provenance
     from stages.train import train
     from stages.train_config import config_from_dict
-    hp = {**study.run_settings(run), "epochs": epochs}
+    hp = settings(study, run, epochs)
     if run.teacher is not None:
         hp["cache"] = study.cache(run.teacher)
     out = study.work / "budget" / f"{run.name}-e{epochs}"
