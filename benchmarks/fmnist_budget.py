@@ -184,7 +184,7 @@ def main() -> None:
                       f"{'-' if d is None else f'{100 * d:.1f} %'} ({row['train_wall_seconds']:.0f} s)", flush=True)
     except CompressError as e:
         sys.exit(f"Error: {e}")
-    print(f"flat (fall <= {100 * FLAT:.0f} %) from: "
+    print(f"flat (moves within {100 * FLAT:.0f} %) from: "
           + ", ".join(f"{m} {'-' if e is None else e}" for m, e in budget_by_method(old).items()))
 
 
