@@ -33,7 +33,7 @@ from pipeline.runtime.atomic import io_error, make_dir, remove_temporaries, temp
 from pipeline.runtime.errors import CompressError
 from pipeline.runtime.provenance import provenance
 from pipeline.data.reserved import ReservedFile
-from pipeline.data.storereader import StoreReader
+from pipeline.data.storereader import ALIGN, StoreReader
 
 FORMAT = "compress-cache/image-store"
 VERSION = 1
@@ -95,7 +95,7 @@ def _size_bound(images, ids: list[str], blocks: int) -> int:
     """Generous upper bound of the HDF5 file's size: the reservation made before writing it (regions included)."""
     n = len(images)
     return (int(n * int(np.prod(images.shape[1:])) * 1.01) + 9 * n + 17 * n
-            + sum(len(i.encode()) + 64 for i in ids) + 32 * blocks + (64 << 10))
+            + sum(len(i.encode()) + 64 for i in ids) + (32 + ALIGN) * blocks + (64 << 10))  # + alignment
 
 
 def _write_h5(tmp: Path, images, labels, split, ids, rows: int, regions=None) -> tuple[np.ndarray, str]:
@@ -110,7 +110,8 @@ def _write_h5(tmp: Path, images, labels, split, ids, rows: int, regions=None) ->
     try:
         with open(tmp, "xb+") as raw:
             f = ReservedFile(raw, _size_bound(images, ids, len(digests)))
-            with h5py.File(f, "w") as h5:
+            # blocks start on 4 KiB boundaries, so uncached (O_DIRECT) reads land straight in the loader's pages
+            with h5py.File(f, "w", alignment_threshold=1 << 16, alignment_interval=ALIGN) as h5:
                 d = h5.create_dataset("images", shape=images.shape, dtype=np.uint8,
                                       chunks=(rows,) + tuple(images.shape[1:]))
                 g = None if regions is None else h5.create_dataset("regions", shape=(n, 4), dtype="<i4",
