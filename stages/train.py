@@ -259,7 +259,7 @@ def _set_up(cfg: TrainConfig, device: torch.device, world: distributed.World) ->
     train_indices = store.indices("train")
     loader = BatchLoader(store, train_indices, cfg.batch_size, seed=cfg.seed, rank=world.rank,
                          world_size=world.world_size, memory_limit=memory_budget(cfg.loader_memory),
-                         pin_memory=device.type == "cuda", node=node_of(world))
+                         pin_memory=device.type == "cuda", node=node_of(world), uncached=cfg.loader_io == "direct")
     if len(loader) == 0:
         raise CompressError(f"--batch-size {cfg.batch_size} x {world.world_size} processes is larger than the "
                             f"{len(train_indices)} training images; use a smaller batch")

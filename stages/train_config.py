@@ -86,6 +86,10 @@ class TrainConfig:
     loader_memory: str = setting("auto", "RAM per node for the one in-RAM copy of the training images, shared by "
                                          "the node's processes: auto (a quarter of the node's RAM), a size such as "
                                          "8G, or 0; a larger store is read in pages from disk in the background.")
+    loader_io: str = setting("direct", "How the loader reads the store: direct (O_DIRECT, past the page cache: "
+                                       "no kernel copy, and the cache is left to the rest of the node) or buffered "
+                                       "(through the page cache: a store that fits in free RAM is served from it "
+                                       "after the first epoch).", choices=("direct", "buffered"))
     amp: str = setting("none", "Mixed precision: bf16 autocast (CPU/GPU) or fp16 with a scaler (GPU).",
                        choices=("none", "bf16", "fp16"))
     channels_last: bool = setting(False, "channels_last memory format (helps MobileNetV2 on CPU).")
@@ -100,7 +104,8 @@ class TrainConfig:
                                     "choice), always.", choices=("never", "if-changed", "always"))
 
     # keys that may change between a run and its resumption without changing what is computed
-    RESUMABLE_CHANGES = ("device", "checkpoint_every", "snapshot_every", "tensorboard", "restart", "cache_memory")
+    RESUMABLE_CHANGES = ("device", "checkpoint_every", "snapshot_every", "tensorboard", "restart", "cache_memory",
+                         "loader_io")
 
     def __post_init__(self):
         # Resolve the recipe here, so config.json records the values the run used, not "default".

@@ -35,6 +35,7 @@ import torch
 
 from pipeline.data.imagestore import ImageStore
 from pipeline.data.nodecopy import Node, node_copy
+from pipeline.data.storereader import aligned_empty
 from pipeline.runtime.memory import node_ram, parse_size
 
 def memory_budget(text: str) -> int:
@@ -50,13 +51,15 @@ class BatchLoader:
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
                  in_memory: bool | None = None, memory_limit: int | None = None, page_rows: int | None = None,
                  window_pages: int = 16, pin_memory: bool | None = None, prefetch: int = 2,
-                 readers: int | None = None, node: Node | None = None):
+                 readers: int | None = None, node: Node | None = None, uncached: bool = True):
         """`in_memory=None` holds the training rows in RAM when they fit `memory_limit` bytes per node (default
         a quarter of the node's RAM), else pages them. `page_rows` defaults to whole blocks, about 16 MiB;
         `window_pages` 16; `prefetch` 2 batches ahead (0: build each batch when asked, in this thread);
         `readers` threads read and check pages about a window ahead (default 4 to 8, by CPUs);
         `pin_memory=None` pins when CUDA is available; `node` says which ranks share this node's copy (one
-        process by default)."""
+        process by default); `uncached` reads images.h5 past the page cache (O_DIRECT, storereader.py) where
+        the filesystem allows it: the data is read once per epoch anyway, and a cached copy would only push out
+        what else the node keeps in RAM (--loader-io)."""
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size  # per process
@@ -76,6 +79,7 @@ class BatchLoader:
         self._spare: queue.SimpleQueue = queue.SimpleQueue()  # CPU batch buffers nobody holds any more
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.node = node or Node()
+        self.uncached = uncached
         self.memory_limit = memory_budget("auto") if memory_limit is None else memory_limit
         self.train_bytes = len(self.indices) * row_bytes
         if in_memory is None:  # rank 0's decision: the read mode decides the order, so every rank must agree
@@ -108,11 +112,11 @@ class BatchLoader:
                 continue
             lo, hi = g0 * r, min((g1 + 1) * r, self.store.n)
             if b - a == hi - lo:  # every row of these blocks is a training row: read straight into place
-                reader.read_blocks(g0, g1, out=out[a:b])
+                reader.read_blocks(g0, g1, out=out[a:b], uncached=self.uncached)
                 continue
             if scratch is None:
-                scratch = np.empty((group * r,) + self.row_shape, dtype=np.uint8)
-            block = reader.read_blocks(g0, g1, out=scratch[:hi - lo])
+                scratch = aligned_empty((group * r,) + self.row_shape)
+            block = reader.read_blocks(g0, g1, out=scratch[:hi - lo], uncached=self.uncached)
             _gather(_rows_of(block), rows[a:b] - lo, out[a:b])
 
     def describe(self) -> dict:
@@ -120,7 +124,7 @@ class BatchLoader:
         return {"mode": "ram" if self.in_memory else "paged", "train_bytes": self.train_bytes,
                 "memory_limit": self.memory_limit, "node_processes": self.node.local_size,
                 "page_rows": self.page_rows, "window_pages": self.window_pages, "prefetch": self.prefetch,
-                "direct_reads": self.store.reader().direct}
+                "direct_reads": self.store.reader().direct, "uncached": self.uncached}
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -152,7 +156,7 @@ class BatchLoader:
             source = _RamRows(self.images, self._ram_row)
         else:  # read ahead by about one window of pages
             ahead = -(-self.window_pages * self.page_rows // max(1, self.global_batch))
-            source = _Pages(self.store, self.indices, self.page_rows, mine, ahead, self.readers)
+            source = _Pages(self.store, self.indices, self.page_rows, mine, ahead, self.readers, self.uncached)
         batches = _Batches(source, self.indices, mine, (b,) + self.row_shape, self.pin_memory, self._spare)
         if self.prefetch <= 0:
             return _inline(batches, len(mine))
@@ -192,8 +196,8 @@ class _Pages:
     number of live pages and a read never lands in a slot still in use."""
 
     def __init__(self, store: ImageStore, indices: np.ndarray, page_rows: int, mine: list[np.ndarray],
-                 lookahead: int, readers: int):
-        self.store, self.p = store, page_rows
+                 lookahead: int, readers: int, uncached: bool):
+        self.store, self.p, self.uncached = store, page_rows, uncached
         rows = [indices[m] for m in mine]
         page_ids = [r // page_rows for r in rows]
         used = [np.unique(q).tolist() for q in page_ids]
@@ -218,7 +222,7 @@ class _Pages:
             free.extend(self.slot[page] for page in pages if last[page] == k)
         self.used = used
         self.src = [self._src(r, q) for r, q in zip(rows, page_ids)]  # arena rows of each batch
-        self.arena = np.empty((count * page_rows,) + tuple(store.shape[1:]), dtype=np.uint8)
+        self.arena = aligned_empty((count * page_rows,) + tuple(store.shape[1:]))  # pages read straight into it
         self.arena_rows = _rows_of(self.arena)
         self.pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="compress-cache-reader")
         self.pending: dict = {}
@@ -247,9 +251,9 @@ class _Pages:
         first, last = lo // r, (hi - 1) // r
         reader = self.store.reader()  # this reader thread's own handle
         if lo % r == 0 and (hi % r == 0 or hi == n):  # whole blocks: straight into the slot
-            reader.read_blocks(first, last, out=dest)
+            reader.read_blocks(first, last, out=dest, uncached=self.uncached)
             return
-        block = reader.read_blocks(first, last)
+        block = reader.read_blocks(first, last, uncached=self.uncached)
         dest[:] = block[lo - first * r:hi - first * r]
 
 
