@@ -2,11 +2,13 @@
 
 Two ratios, each measured in the same run, rounds alternating A B A B on a shared machine (medians kept):
 
-    loader_paged_over_raw_read   bytes/s of the paged loader over one epoch (every block read and checked
-                                 against its sha256, batches gathered in the read-ahead thread) over bytes/s
-                                 of a plain sequential read of the same images.h5 (os.readv, 16 MiB), both
-                                 from a cold page cache: the file is evicted (posix_fadvise DONTNEED) before
-                                 each, and the eviction is checked by timing a warm read against a cold one
+    loader_paged_over_raw_read   bytes/s of the paged loader over one epoch (every block read past the page
+                                 cache (O_DIRECT, its default) and checked against its sha256, batches
+                                 gathered in the read-ahead thread) over bytes/s of a plain sequential read of
+                                 the same images.h5 (os.readv, 16 MiB), both from a cold page cache: the file
+                                 is evicted (posix_fadvise DONTNEED) before each, and the eviction is checked
+                                 by timing a warm read against a cold one. The same loader reading through
+                                 the page cache (--loader-io buffered) is timed beside them.
     loader_ram_over_memcpy       bytes/s of in-RAM batches (np.take into reused buffers, in the thread) over
                                  np.copyto of the same number of bytes, in batch-size pieces read in order
                                  from a source as large as the loader's in-RAM copy into reused buffers: both
@@ -182,15 +184,19 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
     cold = _rate(raw_read(path, probe))
     budget = store.n * row_bytes // 2  # the paged path, as --loader-memory below the store forces it
     paged = BatchLoader(store, idx, batch, seed=0, memory_limit=budget, pin_memory=False)
-    assert not paged.in_memory
+    buffered = BatchLoader(store, idx, batch, seed=0, memory_limit=budget, pin_memory=False, uncached=False)
+    assert not paged.in_memory and paged.uncached and not buffered.in_memory
     rates: dict[str, list[float]] = {}
-    cores: dict[str, list[float]] = {"raw_read": [], "loader_paged": []}  # CPU time / wall: is it CPU-bound?
-    for _ in range(rounds):  # A B A B: raw read, then the loader, each cold
+    cores: dict[str, list[float]] = {"raw_read": [], "loader_paged": [], "loader_paged_buffered": []}
+    for _ in range(rounds):  # A B C A B C: raw read, the loader (uncached, its default), buffered; each cold
         evict(path)
         rates.setdefault("raw_read", []).append(_rate(_with_cores(lambda: raw_read(path), cores["raw_read"])))
         evict(path)
         rates.setdefault("loader_paged", []).append(_rate(_with_cores(lambda: loader_pass(paged),
                                                                       cores["loader_paged"])))
+        evict(path)
+        rates.setdefault("loader_paged_buffered", []).append(_rate(_with_cores(
+            lambda: loader_pass(buffered), cores["loader_paged_buffered"])))
         rates.setdefault("sha256_one_core", []).append(_rate(sha256_pass(256 << 20, store.block_rows * row_bytes)))
         if old is not None:
             evict(path)
@@ -224,6 +230,9 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
         "loader_paged_over_raw_read": statistics.median(paged_ratio),
         "loader_paged_over_raw_read_range": [min(paged_ratio), max(paged_ratio)],
         "loader_paged_over_sha256_one_core": med["loader_paged"] / med["sha256_one_core"],
+        "loader_paged_buffered_over_raw_read": statistics.median(
+            [a / b for a, b in zip(rates["loader_paged_buffered"], rates["raw_read"])]),
+        "uncached_reads": store.reader().io if paged.uncached else "buffered",
         "loader_ram_over_memcpy": statistics.median(ram_ratio),
         "loader_ram_over_memcpy_range": [min(ram_ratio), max(ram_ratio)],
         "loader_ram_over_memcpy_cache_resident": med["loader_ram"] / med["memcpy_cache_resident"],
