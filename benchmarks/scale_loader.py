@@ -7,8 +7,11 @@ Two ratios, each measured in the same run, rounds alternating A B A B on a share
                                  gathered in the read-ahead thread) over bytes/s of a plain sequential read of
                                  the same images.h5 (os.readv, 16 MiB), both from a cold page cache: the file
                                  is evicted (posix_fadvise DONTNEED) before each, and the eviction is checked
-                                 by timing a warm read against a cold one. The same loader reading through
-                                 the page cache (--loader-io buffered) is timed beside them.
+                                 by timing a warm read against a cold one. Beside them: the same loader
+                                 reading through the page cache (--loader-io buffered), and the disk's
+                                 ceiling for the loader's way of reading (`raw_read_uncached`: the file in
+                                 order by O_DIRECT, 16 MiB pieces, as many in flight as the loader has
+                                 readers, nothing checked or gathered).
     loader_ram_over_memcpy       bytes/s of in-RAM batches (np.take into reused buffers, in the thread) over
                                  np.copyto of the same number of bytes, in batch-size pieces read in order
                                  from a source as large as the loader's in-RAM copy into reused buffers: both
@@ -38,8 +41,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
 from pipeline.data.imagestore import ImageStore, write_image_store  # noqa: E402
 from pipeline.data.loader import BatchLoader  # noqa: E402
+from pipeline.data.storereader import aligned_empty  # noqa: E402
 from pipeline.runtime.provenance import provenance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_loader.json"
@@ -101,6 +107,26 @@ def raw_read(path: Path, limit: int | None = None) -> tuple[int, float]:
             if got == 0:
                 break
             done += got
+    finally:
+        os.close(fd)
+    return done, time.perf_counter() - t
+
+
+def raw_read_uncached(path: Path, threads: int) -> tuple[int, float]:
+    """(bytes, seconds) of reading the whole file past the page cache (O_DIRECT), in order, 16 MiB pieces,
+    `threads` reads in flight: what the disk gives the loader's way of reading, with no check and no gather."""
+    piece, local = 16 << 20, threading.local()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+
+    def read(offset: int) -> int:
+        if not hasattr(local, "buf"):
+            local.buf = aligned_empty((piece,))
+        return os.preadv(fd, [local.buf], offset)
+
+    t = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            done = sum(pool.map(read, range(0, os.fstat(fd).st_size, piece)))
     finally:
         os.close(fd)
     return done, time.perf_counter() - t
@@ -187,8 +213,9 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
     buffered = BatchLoader(store, idx, batch, seed=0, memory_limit=budget, pin_memory=False, uncached=False)
     assert not paged.in_memory and paged.uncached and not buffered.in_memory
     rates: dict[str, list[float]] = {}
-    cores: dict[str, list[float]] = {"raw_read": [], "loader_paged": [], "loader_paged_buffered": []}
-    for _ in range(rounds):  # A B C A B C: raw read, the loader (uncached, its default), buffered; each cold
+    cores: dict[str, list[float]] = {"raw_read": [], "loader_paged": [], "loader_paged_buffered": [],
+                                     "raw_read_uncached": []}
+    for _ in range(rounds):  # A B C D A B C D: raw read, the loader (uncached, its default), buffered, raw
         evict(path)
         rates.setdefault("raw_read", []).append(_rate(_with_cores(lambda: raw_read(path), cores["raw_read"])))
         evict(path)
@@ -197,6 +224,9 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
         evict(path)
         rates.setdefault("loader_paged_buffered", []).append(_rate(_with_cores(
             lambda: loader_pass(buffered), cores["loader_paged_buffered"])))
+        evict(path)
+        rates.setdefault("raw_read_uncached", []).append(_rate(_with_cores(
+            lambda: raw_read_uncached(path, paged.readers), cores["raw_read_uncached"])))
         rates.setdefault("sha256_one_core", []).append(_rate(sha256_pass(256 << 20, store.block_rows * row_bytes)))
         if old is not None:
             evict(path)
@@ -230,6 +260,8 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
         "loader_paged_over_raw_read": statistics.median(paged_ratio),
         "loader_paged_over_raw_read_range": [min(paged_ratio), max(paged_ratio)],
         "loader_paged_over_sha256_one_core": med["loader_paged"] / med["sha256_one_core"],
+        "loader_paged_over_raw_read_uncached": statistics.median(
+            [a / b for a, b in zip(rates["loader_paged"], rates["raw_read_uncached"])]),
         "loader_paged_buffered_over_raw_read": statistics.median(
             [a / b for a, b in zip(rates["loader_paged_buffered"], rates["raw_read"])]),
         "uncached_reads": store.reader().io if paged.uncached else "buffered",
