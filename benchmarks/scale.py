@@ -99,8 +99,10 @@ def needs(parts: dict) -> str:
         lambda k: f"{cache[k + '_4views_2048d']['node_gb_8_ranks_one_shared_copy']:.0f} GB; "
                   f"{cache[k + '_4views_2048d']['node_gb_8_ranks_a_copy_each']:.0f} GB "
                   f"(`auto` on an H200: {cache[k + '_4views_2048d']['h200_auto']})")
-    row("train: one epoch of images here, loader in RAM / paged / the disk's raw read",
-        lambda k: " / ".join(_h(loader[m][k]["epoch_seconds"]) for m in ("ram", "paged", "raw_read")))
+    rates256 = parts.get("loader", {}).get("256px", {}).get("bytes_per_s", {})
+    row("train: one epoch of images here, loader in RAM / paged / the disk's raw read (plain; O_DIRECT)",
+        lambda k: " / ".join(_h(loader[m][k]["epoch_seconds"]) for m in ("ram", "paged", "raw_read"))
+        + f"; {_h(SIZES[k] * 256 * 256 * 3 / rates256['raw_read_uncached']['median'])}")
     row("train: one epoch on one H200 (ResNet-18 compress step)", lambda k: _h(SIZES[k] / gpu["cached"]) if gpu else "-")
     row("eval: features (fp16); peak host RAM", lambda k: f"{ev[k]['features_gb']:.1f} GB; "
                                                         f"{ev[k]['peak_ram_gb_at_measured_ratio']:.1f} GB")
