@@ -176,6 +176,37 @@ def test_a_damaged_block_stops_every_rank_of_a_shared_copy(tmp_path):
     assert not list((tmp_path / "shm").iterdir())
 
 
+def test_in_ram_batches_built_by_several_threads_are_those_one_thread_builds(stored):
+    images, path = stored
+    store = ImageStore(path)
+    one = _all(_loader(store, in_memory=True, builders=1).epoch(4))
+    three = _loader(store, in_memory=True, builders=3)
+    assert three.describe()["builders"] == 3 and _loader(store, in_memory=False, builders=3).describe()["builders"] == 1
+    assert _same(_all(three.epoch(4)), one) and _same(_all(three.epoch(4, start_batch=4)), one[4:])
+    for i, x in one:
+        assert np.array_equal(x.numpy(), images[i.numpy()])
+
+
+def test_an_error_in_one_builder_reaches_the_consumer_at_its_batch(stored, monkeypatch):
+    images, path = stored
+    store = ImageStore(path)
+    from pipeline.data import loader as loader_module
+    expected = [i for i, _ in _all(_loader(store, in_memory=True, builders=1).epoch(0))[:5]]
+    gather = loader_module._RamRows.gather
+
+    def failing(self, k, positions, out):
+        if k == 5:
+            raise ValueError("batch 5 failed")
+        gather(self, k, positions, out)
+
+    monkeypatch.setattr(loader_module._RamRows, "gather", failing)
+    seen = []
+    with pytest.raises(ValueError, match="batch 5 failed"):
+        for i, _ in _loader(store, in_memory=True, builders=2).epoch(0):
+            seen.append(i.clone())
+    assert len(seen) == 5 and all(torch.equal(a, b) for a, b in zip(seen, expected))  # 0-4 in order, then the error
+
+
 def test_direct_and_h5py_block_reads_return_the_same_checked_rows(stored, tmp_path):
     images, path = stored
     assert ImageStore(path).reader().direct

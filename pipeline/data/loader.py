@@ -14,10 +14,14 @@ Two read modes, decided once for all ranks by comparing the training rows' bytes
   about one window and every read is one contiguous run of blocks.
 
 A background thread builds the batches `prefetch` ahead of the consumer: it reads and checks blocks (reads and
-hashing release the GIL) and gathers each batch's rows (np.take) into a buffer of its own, page-locked when CUDA
-is there, so the host-to-device copy can be asynchronous. A batch's images are valid until the next batch
-is asked for (CPU buffers are reused; torch's pinned allocator recycles page-locked ones once their copies
-are done): clone what you keep. An error in the thread (a damaged block) is raised in the consumer.
+hashing release the GIL; past the page cache by default) and gathers each batch's rows (np.take) into a buffer of
+its own, page-locked when CUDA is there, so the host-to-device copy can be asynchronous. A batch's images are
+valid until the next batch is asked for (CPU buffers are reused; torch's pinned allocator recycles page-locked
+ones once their copies are done): clone what you keep. An error in the thread (a damaged block) is raised in
+the consumer. In RAM, `builders` threads build alternate batches: one thread gathers random rows at about
+half the speed of a sequential copy (benchmarks/gather_pattern.py), two together near it (np.take releases the
+GIL). Paged batches have one builder: the page plan frees an arena slot only after the batch before has been
+gathered.
 Batches stay uint8 (a quarter of float32 traffic); crops, flips and normalisation happen on the device.
 """
 from __future__ import annotations
@@ -51,7 +55,8 @@ class BatchLoader:
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
                  in_memory: bool | None = None, memory_limit: int | None = None, page_rows: int | None = None,
                  window_pages: int = 16, pin_memory: bool | None = None, prefetch: int = 2,
-                 readers: int | None = None, node: Node | None = None, uncached: bool = True):
+                 readers: int | None = None, node: Node | None = None, uncached: bool = True,
+                 builders: int | None = None):
         """`in_memory=None` holds the training rows in RAM when they fit `memory_limit` bytes per node (default
         a quarter of the node's RAM), else pages them. `page_rows` defaults to whole blocks, about 16 MiB;
         `window_pages` 16; `prefetch` 2 batches ahead (0: build each batch when asked, in this thread);
@@ -59,7 +64,8 @@ class BatchLoader:
         `pin_memory=None` pins when CUDA is available; `node` says which ranks share this node's copy (one
         process by default); `uncached` reads images.h5 past the page cache (O_DIRECT, storereader.py) where
         the filesystem allows it: the data is read once per epoch anyway, and a cached copy would only push out
-        what else the node keeps in RAM (--loader-io)."""
+        what else the node keeps in RAM (--loader-io); `builders` threads build alternate in-RAM batches
+        (default 2 when this process has 2 or more of the node's cores, else 1; paged: always 1)."""
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size  # per process
@@ -80,6 +86,8 @@ class BatchLoader:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.node = node or Node()
         self.uncached = uncached
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.builders = builders or (2 if cores // max(1, self.node.local_size) >= 2 else 1)
         self.memory_limit = memory_budget("auto") if memory_limit is None else memory_limit
         self.train_bytes = len(self.indices) * row_bytes
         if in_memory is None:  # rank 0's decision: the read mode decides the order, so every rank must agree
@@ -124,7 +132,8 @@ class BatchLoader:
         return {"mode": "ram" if self.in_memory else "paged", "train_bytes": self.train_bytes,
                 "memory_limit": self.memory_limit, "node_processes": self.node.local_size,
                 "page_rows": self.page_rows, "window_pages": self.window_pages, "prefetch": self.prefetch,
-                "direct_reads": self.store.reader().direct, "uncached": self.uncached}
+                "direct_reads": self.store.reader().direct, "uncached": self.uncached,
+                "builders": self.builders if self.in_memory else 1}
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -160,7 +169,7 @@ class BatchLoader:
         batches = _Batches(source, self.indices, mine, (b,) + self.row_shape, self.pin_memory, self._spare)
         if self.prefetch <= 0:
             return _inline(batches, len(mine))
-        return _ahead(batches, len(mine), self.prefetch)
+        return _ahead(batches, len(mine), self.prefetch, self.builders if self.in_memory else 1)
 
 
 def _rows_of(array: np.ndarray) -> np.ndarray:
@@ -290,9 +299,6 @@ class _Batches:
         return (idx.pin_memory() if self.pin else idx), images  # pinned: the step copies it without waiting
 
 
-_END = object()
-
-
 def _inline(batches: _Batches, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches built when asked, in the consumer's thread (prefetch=0)."""
     try:
@@ -302,45 +308,47 @@ def _inline(batches: _Batches, count: int) -> Iterator[tuple[torch.Tensor, torch
         batches.source.close()
 
 
-def _ahead(batches: _Batches, count: int, depth: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields batches.build(k) for k < count, built by a thread up to `depth` batches ahead. The thread stops
-    when this generator is closed (a consumer that breaks early) and its errors are raised here."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+def _ahead(batches: _Batches, count: int, depth: int, builders: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields batches.build(k) for k < count, built about `depth` batches ahead by `builders` threads (thread i
+    builds the batches k with k % builders == i, so each keeps its own queue and no batch waits for a lock).
+    The threads stop when this generator is closed (a consumer that breaks early); an error is raised here
+    when the consumer reaches the batch it stopped."""
+    builders = max(1, min(builders, count))
+    ready = [queue.Queue(maxsize=max(1, -(-depth // builders))) for _ in range(builders)]
     stop = threading.Event()
 
-    def put(item) -> bool:
+    def put(q: queue.Queue, item) -> bool:
         while not stop.is_set():
             try:
-                ready.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 pass
         return False
 
-    def work() -> None:
+    def work(i: int) -> None:
         try:
-            for k in range(count):
-                if stop.is_set():
+            for k in range(i, count, builders):
+                if stop.is_set() or not put(ready[i], batches.build(k)):
                     return
-                if not put(batches.build(k)):
-                    return
-            put(_END)
         except BaseException as e:  # handed to the consumer, raised there
-            put(e)
+            put(ready[i], e)
 
-    thread = threading.Thread(target=work, name="compress-cache-loader", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=work, args=(i,), name=f"compress-cache-loader-{i}", daemon=True)
+               for i in range(builders)]
+    for thread in threads:
+        thread.start()
     held: deque = deque()
     try:
-        while True:
-            try:
-                item = ready.get(timeout=1.0)
-            except queue.Empty:
-                if not thread.is_alive() and ready.empty():
-                    raise RuntimeError("the loader thread ended without a batch or an error") from None
-                continue
-            if item is _END:
-                return
+        for k in range(count):
+            q, thread = ready[k % builders], threads[k % builders]
+            while True:
+                try:
+                    item = q.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if not thread.is_alive() and q.empty():
+                        raise RuntimeError("the loader thread ended without a batch or an error") from None
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -353,7 +361,8 @@ def _ahead(batches: _Batches, count: int, depth: int) -> Iterator[tuple[torch.Te
                 del old
     finally:
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
         batches.source.close()
         while held:  # to the next epoch, those the consumer let go of
             batches.give_back(held.popleft())
