@@ -18,7 +18,10 @@ Two ratios, each measured in the same run, rounds alternating A B A B on a share
                                  read from memory, not from the CPU cache. (Until 2026-12-02 the source was
                                  four batch-size buffers, which at 64 px (3 MiB batches, 24 MiB in all) stay
                                  in a 32 MiB L3 cache while the loader's 0.5 GB copy cannot; that figure is
-                                 still recorded, as `memcpy_cache_resident`.)
+                                 still recorded, as `memcpy_cache_resident`.) The loader runs with its
+                                 default in-RAM builders (two threads on this 2-core machine); beside it the
+                                 loader with one builder, and the same copy done by two threads, each taking
+                                 every other piece (`memcpy_two_threads`), the copy two builders compare with.
 
 Beside each paged pass and raw read, `cores_busy`: the process's CPU time over the wall time (2.0 is both
 cores of this machine), which says whether the pass was bound by the CPU or by the disk.
@@ -159,6 +162,28 @@ def memcpy_pass(nbytes: int, batch_bytes: int, source_bytes: int | None = None) 
     return done, time.perf_counter() - t
 
 
+def memcpy_two_threads_pass(nbytes: int, batch_bytes: int, source_bytes: int) -> tuple[int, float]:
+    """(bytes, seconds) of memcpy_pass's copy from a source of `source_bytes` done by two threads, each copying
+    every other batch-size piece into buffers of its own: the copy the loader's two builders are held to."""
+    count = max(1, source_bytes // batch_bytes)
+    src = np.random.default_rng(0).integers(0, 256, count * batch_bytes, dtype=np.uint8)
+    pieces = -(-nbytes // batch_bytes)
+
+    def copy(i: int) -> int:
+        dst = [np.empty(batch_bytes, np.uint8) for _ in range(2)]
+        for d in dst:
+            d[:] = 0  # touched first, as the loader's reused buffers are
+        for k in range(i, pieces, 2):
+            lo = (k % count) * batch_bytes
+            np.copyto(dst[k // 2 % 2], src[lo:lo + batch_bytes])
+        return len(range(i, pieces, 2)) * batch_bytes
+
+    with ThreadPoolExecutor(2) as pool:
+        t = time.perf_counter()
+        done = sum(pool.map(copy, range(2)))
+        return done, time.perf_counter() - t
+
+
 def sha256_pass(nbytes: int, block: int) -> tuple[int, float]:
     """(bytes, seconds) of hashing `nbytes` in `block`-byte pieces from memory, on one core: the ceiling of any
     read that checks every block on one thread."""
@@ -234,16 +259,21 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
                 old(store, idx, batch, seed=0, in_memory=False, pin_memory=False))))
     # in RAM: a subset of rows the size the budget allows here, gathered by random permutation
     sub = idx[:ram_rows]
-    ram = BatchLoader(store, sub, batch, seed=0, in_memory=True, pin_memory=False)
+    ram = BatchLoader(store, sub, batch, seed=0, in_memory=True, pin_memory=False)  # its default builders
+    ram1 = BatchLoader(store, sub, batch, seed=0, in_memory=True, pin_memory=False, builders=1)
     old_ram = old(store, sub, batch, seed=0, in_memory=True, pin_memory=False) if old is not None else None
     nb = len(ram)
     epochs = max(1, -(-(2 << 30) // (nb * batch * row_bytes)))  # about 2 GiB of batches per timed pass
     loader_pass(ram)  # warm-up: the batch buffers are allocated (and first touched) once, then reused
+    loader_pass(ram1)
     for _ in range(rounds):
         got = loader_pass(ram, epochs)
         rates.setdefault("loader_ram", []).append(_rate(got))
         rates.setdefault("memcpy", []).append(_rate(memcpy_pass(got[0], batch * row_bytes, len(sub) * row_bytes)))
         rates.setdefault("memcpy_cache_resident", []).append(_rate(memcpy_pass(got[0], batch * row_bytes)))
+        rates.setdefault("loader_ram_one_builder", []).append(_rate(loader_pass(ram1, epochs)))
+        rates.setdefault("memcpy_two_threads", []).append(_rate(memcpy_two_threads_pass(
+            got[0], batch * row_bytes, len(sub) * row_bytes)))
         if old_ram is not None:
             rates.setdefault("old_loader_ram", []).append(_rate(loader_pass(old_ram, epochs)))
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -268,6 +298,11 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
         "loader_ram_over_memcpy": statistics.median(ram_ratio),
         "loader_ram_over_memcpy_range": [min(ram_ratio), max(ram_ratio)],
         "loader_ram_over_memcpy_cache_resident": med["loader_ram"] / med["memcpy_cache_resident"],
+        "ram_builders": ram.builders,
+        "loader_ram_one_builder_over_memcpy": statistics.median(
+            [a / b for a, b in zip(rates["loader_ram_one_builder"], rates["memcpy"])]),
+        "loader_ram_over_memcpy_two_threads": statistics.median(
+            [a / b for a, b in zip(rates["loader_ram"], rates["memcpy_two_threads"])]),
     }
     if old is not None:
         out["new_over_old"] = {"paged": med["loader_paged"] / med["old_loader_paged"],
