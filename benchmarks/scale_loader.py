@@ -168,14 +168,14 @@ def memcpy_two_threads_pass(nbytes: int, batch_bytes: int, source_bytes: int) ->
     count = max(1, source_bytes // batch_bytes)
     src = np.random.default_rng(0).integers(0, 256, count * batch_bytes, dtype=np.uint8)
     pieces = -(-nbytes // batch_bytes)
+    dst = [[np.empty(batch_bytes, np.uint8) for _ in range(2)] for _ in range(2)]  # two per thread
+    for d in dst[0] + dst[1]:
+        d[:] = 0  # touched before the clock starts, as the loader's reused buffers are
 
     def copy(i: int) -> int:
-        dst = [np.empty(batch_bytes, np.uint8) for _ in range(2)]
-        for d in dst:
-            d[:] = 0  # touched first, as the loader's reused buffers are
         for k in range(i, pieces, 2):
             lo = (k % count) * batch_bytes
-            np.copyto(dst[k // 2 % 2], src[lo:lo + batch_bytes])
+            np.copyto(dst[i][k // 2 % 2], src[lo:lo + batch_bytes])
         return len(range(i, pieces, 2)) * batch_bytes
 
     with ThreadPoolExecutor(2) as pool:
