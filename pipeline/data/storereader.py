@@ -8,7 +8,8 @@ Either way no caller sees a byte of a block before it matched the checksum `prep
 
 `uncached=True` reads past the page cache (O_DIRECT): the disk writes straight into the caller's buffer, so a
 read costs no kernel copy and leaves the page cache to others (a memory-mapped teacher cache). Here a paged
-epoch took 0.94 core-seconds per GB uncached against 1.44 buffered (medians, benchmarks/scale_loader.py). O_DIRECT wants the file offset, the length and the
+epoch took 0.91-0.94 core-seconds per GB uncached against 1.37-1.44 buffered (medians of two runs of
+benchmarks/scale_loader.py). O_DIRECT wants the file offset, the length and the
 buffer's address aligned; stores `prepare` writes align their blocks to 4 KiB, and anything else (an older
 store, a buffer that is not aligned, a partial last block) goes through an aligned bounce buffer and one copy.
 A filesystem that refuses O_DIRECT (tmpfs on older kernels) gets buffered reads, as `io` then says.
