@@ -67,6 +67,8 @@ SIZES = {"1.28M": 1_281_167, "13M": 13_000_000}
 
 
 def _h(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
