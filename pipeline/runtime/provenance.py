@@ -43,6 +43,11 @@ def versions() -> dict:
     return out
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine() -> dict:
     """The CPU model, the CPUs this process may use, and the OS. Worth recording: the same code and seed train to
     other weights on another CPU model (its kernels round differently; docs/fmnist.md)."""
@@ -54,8 +59,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cpus": usable, "system": platform.platform()}
+    return {"cpu": cpu, "cpus": usable_cpus(), "system": platform.platform()}
 
 
 def provenance(arguments: dict | None = None) -> dict:
