@@ -41,6 +41,7 @@ from pipeline.data.imagestore import ImageStore
 from pipeline.data.nodecopy import Node, node_copy
 from pipeline.data.storereader import aligned_empty
 from pipeline.runtime.memory import node_ram, parse_size
+from pipeline.runtime.provenance import usable_cpus
 
 def memory_budget(text: str) -> int:
     """Bytes of RAM the node may spend on its one in-RAM copy of the training images (--loader-memory):
@@ -86,8 +87,6 @@ class BatchLoader:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.node = node or Node()
         self.uncached = uncached
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.builders = builders or (2 if cores // max(1, self.node.local_size) >= 2 else 1)
         self.memory_limit = memory_budget("auto") if memory_limit is None else memory_limit
         self.train_bytes = len(self.indices) * row_bytes
         if in_memory is None:  # rank 0's decision: the read mode decides the order, so every rank must agree
@@ -96,6 +95,9 @@ class BatchLoader:
         self._sorter = np.argsort(self.indices, kind="stable")
         self.images = self._load() if in_memory else None
         self.in_memory = self.images is not None
+        # paged batches have one builder: the page plan frees an arena slot once the batch before is gathered
+        default = 2 if usable_cpus() // max(1, self.node.local_size) >= 2 else 1
+        self.builders = (builders or default) if self.in_memory else 1
 
     def _load(self) -> np.ndarray | None:
         shape = (len(self.indices),) + self.row_shape
@@ -133,7 +135,7 @@ class BatchLoader:
                 "memory_limit": self.memory_limit, "node_processes": self.node.local_size,
                 "page_rows": self.page_rows, "window_pages": self.window_pages, "prefetch": self.prefetch,
                 "direct_reads": self.store.reader().direct, "uncached": self.uncached,
-                "builders": self.builders if self.in_memory else 1}
+                "builders": self.builders}
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -169,7 +171,7 @@ class BatchLoader:
         batches = _Batches(source, self.indices, mine, (b,) + self.row_shape, self.pin_memory, self._spare)
         if self.prefetch <= 0:
             return _inline(batches, len(mine))
-        return _ahead(batches, len(mine), self.prefetch, self.builders if self.in_memory else 1)
+        return _ahead(batches, len(mine), self.prefetch, self.builders)
 
 
 def _rows_of(array: np.ndarray) -> np.ndarray:
