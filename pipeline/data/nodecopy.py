@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.storereader import aligned_empty
 from pipeline.runtime.errors import CompressError
 
 
@@ -63,7 +64,7 @@ def node_copy(node: Node, shape: tuple, fill: Callable[[np.ndarray], None], tag:
     if node.local_rank == 0:
         try:
             if node.local_size == 1:
-                array = np.empty(shape, dtype=np.uint8)
+                array = aligned_empty(shape)  # uncached reads fill it in place (storereader.py)
             else:
                 path, array = _shm_file(node.shm, tag, nbytes, shape)
             if array is not None:
