@@ -144,44 +144,34 @@ def loader_pass(loader, epochs: int = 1) -> tuple[int, float]:
     return done, time.perf_counter() - t
 
 
-def memcpy_pass(nbytes: int, batch_bytes: int, source_bytes: int | None = None) -> tuple[int, float]:
+def memcpy_pass(nbytes: int, batch_bytes: int, source_bytes: int | None = None,
+                threads: int = 1) -> tuple[int, float]:
     """(bytes, seconds) of copying `nbytes` as np.copyto of contiguous `batch_bytes` pieces into four reused
     buffers (touched first, as the loader's reused buffers are). The pieces are read in order from a source of
     `source_bytes` (the loader's in-RAM copy's size, so from memory); without it, from four batch-size buffers
-    (cache-resident when they fit in the CPU's cache)."""
+    (cache-resident when they fit in the CPU's cache). With `threads`, thread i copies the pieces k with
+    k % threads == i into four buffers of its own: the copy that many loader builders are held to."""
     count = 4 if source_bytes is None else max(1, source_bytes // batch_bytes)
     src = np.random.default_rng(0).integers(0, 256, count * batch_bytes, dtype=np.uint8)
-    dst = [np.empty(batch_bytes, np.uint8) for _ in range(4)]
-    for k, d in enumerate(dst):
-        np.copyto(d, src[(k % count) * batch_bytes:(k % count + 1) * batch_bytes])
-    t, done, k = time.perf_counter(), 0, 0
-    while done < nbytes:
-        lo = ((k + 1) % count) * batch_bytes
-        np.copyto(dst[k % 4], src[lo:lo + batch_bytes])
-        done, k = done + batch_bytes, k + 1
-    return done, time.perf_counter() - t
-
-
-def memcpy_two_threads_pass(nbytes: int, batch_bytes: int, source_bytes: int) -> tuple[int, float]:
-    """(bytes, seconds) of memcpy_pass's copy from a source of `source_bytes` done by two threads, each copying
-    every other batch-size piece into buffers of its own: the copy the loader's two builders are held to."""
-    count = max(1, source_bytes // batch_bytes)
-    src = np.random.default_rng(0).integers(0, 256, count * batch_bytes, dtype=np.uint8)
+    dst = [[np.empty(batch_bytes, np.uint8) for _ in range(4)] for _ in range(threads)]
+    for own in dst:  # touched before the clock starts
+        for k, d in enumerate(own):
+            np.copyto(d, src[(k % count) * batch_bytes:(k % count + 1) * batch_bytes])
     pieces = -(-nbytes // batch_bytes)
-    dst = [[np.empty(batch_bytes, np.uint8) for _ in range(2)] for _ in range(2)]  # two per thread
-    for d in dst[0] + dst[1]:
-        d[:] = 0  # touched before the clock starts, as the loader's reused buffers are
 
     def copy(i: int) -> int:
-        for k in range(i, pieces, 2):
-            lo = (k % count) * batch_bytes
-            np.copyto(dst[i][k // 2 % 2], src[lo:lo + batch_bytes])
-        return len(range(i, pieces, 2)) * batch_bytes
+        for k in range(i, pieces, threads):
+            lo = ((k + 1) % count) * batch_bytes
+            np.copyto(dst[i][k % 4], src[lo:lo + batch_bytes])
+        return len(range(i, pieces, threads)) * batch_bytes
 
-    with ThreadPoolExecutor(2) as pool:
-        t = time.perf_counter()
-        done = sum(pool.map(copy, range(2)))
-        return done, time.perf_counter() - t
+    t = time.perf_counter()
+    if threads == 1:
+        done = copy(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            done = sum(pool.map(copy, range(threads)))
+    return done, time.perf_counter() - t
 
 
 def sha256_pass(nbytes: int, block: int) -> tuple[int, float]:
@@ -272,8 +262,8 @@ def measure_store(store: ImageStore, batch: int, rounds: int, ram_rows: int, old
         rates.setdefault("memcpy", []).append(_rate(memcpy_pass(got[0], batch * row_bytes, len(sub) * row_bytes)))
         rates.setdefault("memcpy_cache_resident", []).append(_rate(memcpy_pass(got[0], batch * row_bytes)))
         rates.setdefault("loader_ram_one_builder", []).append(_rate(loader_pass(ram1, epochs)))
-        rates.setdefault("memcpy_two_threads", []).append(_rate(memcpy_two_threads_pass(
-            got[0], batch * row_bytes, len(sub) * row_bytes)))
+        rates.setdefault("memcpy_two_threads", []).append(_rate(memcpy_pass(
+            got[0], batch * row_bytes, len(sub) * row_bytes, threads=2)))
         if old_ram is not None:
             rates.setdefault("old_loader_ram", []).append(_rate(loader_pass(old_ram, epochs)))
     med = {k: statistics.median(v) for k, v in rates.items()}
